@@ -1,0 +1,203 @@
+"""The ``cpcombined`` command.
+
+Subcommands: ``init`` (create a repository), ``ingest`` (raw files),
+``simulate`` (simulated camera frames), ``certify`` (certify a calibration
+when its decision allows it), ``run`` (the whole daily procedure) and
+``report`` (HTML report of a finished run).
+"""
+
+from __future__ import annotations
+
+__all__ = ("main",)
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+_LOG = logging.getLogger("lsst.cpcombined.cli")
+
+type Runner = Callable[[argparse.Namespace], int]
+
+#: Subcommand name -> (help, function adding its arguments and returning its runner).
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Runner]]] = {}
+
+
+def command(name: str, help: str):
+    """Register a subcommand: decorates a function that adds the
+    subcommand's arguments to its parser and returns its runner."""
+
+    def decorator(add_args: Callable[[argparse.ArgumentParser], Runner]):
+        _COMMANDS[name] = (help, add_args)
+        return add_args
+
+    return decorator
+
+
+def _butler(repo: str, writeable: bool = True):
+    from lsst.daf.butler import Butler
+
+    return Butler.from_config(repo, writeable=writeable)
+
+
+# -- init ------------------------------------------------------------------------
+
+
+@command("init", "Create a butler repository ready for cp_combined (both instruments registered).")
+def _init_args(p: argparse.ArgumentParser):
+    p.add_argument("repo", help="Repository root to create.")
+    p.add_argument(
+        "--registry",
+        metavar="URL",
+        help="Registry database URL, e.g. postgresql://user@host:5432/db (default: SQLite in the repo).",
+    )
+    p.add_argument("--seed-config", metavar="FILE", help="Extra butler seed configuration (YAML).")
+
+    def run(args: argparse.Namespace) -> int:
+        from .repo import create_repo
+
+        create_repo(args.repo, registry_db=args.registry, seed_config=args.seed_config)
+        print(f"Created repository {args.repo} (instruments LATISS, LSSTComCam registered)")
+        return 0
+
+    return run
+
+
+# -- ingest ----------------------------------------------------------------------
+
+
+@command("ingest", "Ingest raw camera files (idempotent; nothing is registered if a file is bad).")
+def _ingest_args(p: argparse.ArgumentParser):
+    p.add_argument("repo")
+    p.add_argument("files", nargs="+", help="Raw FITS files.")
+    p.add_argument("--instrument", help="Require every file to be of this instrument.")
+    p.add_argument("--run", help="RUN collection (default INSTRUMENT/raw/all).")
+    p.add_argument("--transfer", default="copy", help="Transfer mode: copy (default), move, link, symlink, direct.")
+    p.add_argument("--skip-bad", action="store_true", help="Ingest the good files even if some are bad.")
+    p.add_argument("--no-pixel-check", action="store_true", help="Do not read the pixels before ingesting.")
+
+    def run(args: argparse.Namespace) -> int:
+        from .ingest import ingest_raws
+
+        result = ingest_raws(
+            _butler(args.repo),
+            args.files,
+            instrument=args.instrument,
+            run=args.run,
+            transfer=args.transfer,
+            check_pixels=not args.no_pixel_check,
+            skip_bad=args.skip_bad,
+        )
+        for path, msg in result.failed.items():
+            print(f"FAILED {msg}", file=sys.stderr)
+        print(
+            f"ingested {len(result.ingested)} file(s), {len(result.already_present)} already present, "
+            f"{len(result.failed)} failed"
+        )
+        for exposure in result.exposures:
+            print(exposure)
+        return 1 if result.failed else 0
+
+    return run
+
+
+# -- simulate --------------------------------------------------------------------
+
+
+@command("simulate", "Simulate camera frames with known truth, write and ingest them; prints exposure ids.")
+def _simulate_args(p: argparse.ArgumentParser):
+    p.add_argument("repo")
+    p.add_argument("--instrument", required=True, choices=("LATISS", "LSSTComCam"))
+    p.add_argument("--image-type", required=True, choices=("bias", "dark", "flat"))
+    p.add_argument("--count", type=int, help="Frames per exposure time (default 1 per listed time).")
+    p.add_argument(
+        "--exp-time",
+        type=float,
+        nargs="+",
+        help="Exposure time(s) in s; with several values and no --count, one frame per value.",
+    )
+    p.add_argument("--filter", help="Physical filter (flats default to the instrument's flat filter).")
+    p.add_argument("--truth", metavar="TRUTH.yaml", help="Truth mapping (or a run config with simulation:).")
+    p.add_argument("--seed", type=int, help="Override the truth's seed.")
+    p.add_argument("--geometry-scale", type=float, help="Override the truth's geometry_scale.")
+    p.add_argument("--detectors", nargs="+", help="Detector ids or names (default all).")
+    p.add_argument("--discard", action="store_true", help="Frames to throw away (no fault injection).")
+    p.add_argument("--staging-dir", help="Where to write files before ingest (default: a temporary directory).")
+
+    def run(args: argparse.Namespace) -> int:
+        from .simulation import SimulationTruth
+        from .simulation.camera import SimulatedCamera
+
+        truth = (
+            SimulationTruth.from_file(args.instrument, args.truth)
+            if args.truth
+            else SimulationTruth(args.instrument)
+        )
+        overrides = {}
+        if args.seed is not None:
+            overrides["seed"] = args.seed
+        if args.geometry_scale is not None:
+            overrides["geometry_scale"] = args.geometry_scale
+        if overrides:
+            truth = truth.with_overrides(**overrides)
+        if args.image_type == "bias":
+            times = [0.0] * (args.count or 1)
+            if args.exp_time and any(t != 0 for t in args.exp_time):
+                raise ValueError("biases have zero exposure time; do not pass --exp-time")
+        else:
+            if not args.exp_time:
+                raise ValueError(f"--exp-time is required for {args.image_type} frames")
+            times = [t for t in args.exp_time for _ in range(args.count or 1)]
+        if args.count is not None and args.count < 1:
+            raise ValueError("--count must be at least 1")
+        camera = SimulatedCamera(
+            _butler(args.repo), truth, detectors=args.detectors, staging_dir=args.staging_dir
+        )
+        ids = camera.take(args.image_type, times, physical_filter=args.filter, discard=args.discard)
+        for exposure in ids:
+            print(exposure)
+        return 0
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cpcombined`` argument parser."""
+    parser = argparse.ArgumentParser(prog="cpcombined", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--log-level", default="INFO", help="Log level for lsst.cpcombined (DEBUG, INFO, WARNING...)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_args) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_runner=add_args(p))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cpcombined`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("lsst.cpcombined").setLevel(args.log_level.upper())
+    os.environ.setdefault("CPCOMBINED_DIR", str(_package_root()))
+    from .ingest import IngestError
+    from .raw import RawFormatError
+    from .simulation import TruthError
+
+    try:
+        return int(args._runner(args) or 0)
+    except (IngestError, RawFormatError, TruthError, ValueError, LookupError, FileNotFoundError) as err:
+        print(f"cpcombined {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _package_root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[3]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Creating and opening cp_combined butler repositories."""
+
+from __future__ import annotations
+
+__all__ = (
+    "RAW_COLLECTION_TEMPLATE",
+    "config_dir",
+    "create_repo",
+    "ensure_postgres_extensions",
+    "package_seed_config",
+    "raw_collection",
+)
+
+import logging
+import os
+from pathlib import Path
+
+from lsst.daf.butler import Butler, Config
+
+from .instrument import LATISS, LSSTComCam
+
+_LOG = logging.getLogger(__name__)
+
+#: RUN collection that ingested raws go to (DMTN-222 convention).
+RAW_COLLECTION_TEMPLATE = "{instrument}/raw/all"
+
+
+def raw_collection(instrument: str) -> str:
+    """Name of the RUN collection holding an instrument's raws."""
+    return RAW_COLLECTION_TEMPLATE.format(instrument=instrument)
+
+
+def config_dir() -> Path:
+    """The package's butler ``config/`` directory.
+
+    ``$CPCOMBINED_DIR/config`` when set (eups / bootstrap), otherwise the
+    directory next to the source tree.
+    """
+    env = os.environ.get("CPCOMBINED_DIR")
+    if env:
+        return Path(env) / "config"
+    return Path(__file__).resolve().parents[3] / "config"
+
+
+def package_seed_config() -> Config:
+    """Butler configuration the package needs in every repository: its
+    storage classes and their formatters."""
+    cdir = config_dir()
+    seed = Config()
+    seed["storageClasses"] = Config(str(cdir / "storageClasses.yaml"))["storageClasses"]
+    seed["datastore", "formatters"] = Config(str(cdir / "datastores" / "formatters.yaml"))
+    return seed
+
+
+def ensure_postgres_extensions(db_url: str) -> None:
+    """Create the ``btree_gist`` extension the butler registry needs on a
+    PostgreSQL database (for calibration validity-range exclusion
+    constraints).  Needs a role allowed to create extensions."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("CREATE EXTENSION IF NOT EXISTS btree_gist"))
+    finally:
+        engine.dispose()
+
+
+def create_repo(
+    root: str | os.PathLike,
+    *,
+    registry_db: str | None = None,
+    seed_config: str | os.PathLike | None = None,
+    register_instruments: bool = True,
+) -> Butler:
+    """Create a butler repository ready for cp_combined.
+
+    Parameters
+    ----------
+    root
+        Repository root directory.
+    registry_db
+        Registry database URL (e.g. ``postgresql://user@host:5432/db``);
+        SQLite inside the repo when `None`.
+    seed_config
+        Extra butler seed configuration file (merged before ``registry_db``).
+    register_instruments
+        Register LATISS and LSSTComCam (instrument, detectors, filters).
+
+    Returns
+    -------
+    butler
+        A writeable butler for the new repository.
+    """
+    seed = package_seed_config()
+    if seed_config is not None:
+        seed.update(Config(os.fspath(seed_config)))
+    if registry_db is not None:
+        seed["registry", "db"] = registry_db
+    db = seed.get(("registry", "db"))
+    if db is not None and str(db).startswith("postgresql"):
+        ensure_postgres_extensions(str(db))
+    Butler.makeRepo(os.fspath(root), config=seed)
+    butler = Butler.from_config(os.fspath(root), writeable=True)
+    if register_instruments:
+        for instrument in (LATISS(), LSSTComCam()):
+            instrument.register(butler.registry)
+    _LOG.info("Created butler repository %s", root)
+    return butler
