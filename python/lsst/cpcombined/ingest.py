@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterable
 
 import astropy.units as u
-from astro_metadata_translator import MetadataTranslator, ObservationInfo
+from astro_metadata_translator import ObservationInfo
 from astropy.time import Time, TimeDelta
 from lsst.daf.butler import (
     Butler,
@@ -33,8 +33,8 @@ from lsst.daf.butler import (
 
 from . import translators  # noqa: F401  (registers the translators)
 from .instrument import get_instrument
-from .raw import RawFormatError, read_raw_file, read_raw_header
-from .repo import raw_collection
+from .raw import RawFormatError, read_primary_header, read_raw_file, read_raw_header
+from .repo import collection_exists, raw_collection
 
 _LOG = logging.getLogger(__name__)
 
@@ -108,16 +108,21 @@ def inspect_raw_file(path: str, *, instrument: str | None = None, check_pixels: 
         A raw file of another (or unknown) instrument, or an untranslatable
         header.
     """
-    header = read_raw_header(path)
-    try:
-        translator = MetadataTranslator.determine_translator(header, filename=path)
-    except ValueError:
-        translator = None
-    if translator is None or translator.name not in _OUR_TRANSLATORS:
-        instrume = header.get("INSTRUME", "<no INSTRUME>")
+    primary = read_primary_header(path)
+    translator = next(
+        (
+            t
+            for t in (translators.CpLatissTranslator, translators.CpComCamTranslator)
+            if t.can_translate(primary, filename=path)
+        ),
+        None,
+    )
+    if translator is None:
+        instrume = primary.get("INSTRUME", "<no INSTRUME>")
         raise ValueError(
-            f"{path}: not a LATISS or LSSTComCam raw file (INSTRUME={instrume!r}, OBSID={header.get('OBSID')!r})"
+            f"{path}: not a LATISS or LSSTComCam raw file (INSTRUME={instrume!r}, OBSID={primary.get('OBSID')!r})"
         )
+    header = read_raw_header(path)
     file_instrument = _OUR_TRANSLATORS[translator.name]
     if instrument is not None and file_instrument != instrument:
         raise ValueError(f"{path}: a {file_instrument} file, but ingest was asked for {instrument}")
@@ -240,54 +245,58 @@ def ingest_raws(
         is already in the repository.  Nothing has been registered then.
     """
     result = IngestResult()
-    infos: list[RawFileInfo] = []
+    dataset_type = raw_dataset_type(butler)
+    have_type = dataset_type.name in {d.name for d in butler.registry.queryDatasetTypes(dataset_type.name)}
+    to_ingest: list[RawFileInfo] = []
+    seen: dict[tuple, str] = {}
     for f in files:
         path = os.fspath(f)
         try:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{path}: no such file")
-            info = inspect_raw_file(path, instrument=instrument, check_pixels=check_pixels)
+            info = inspect_raw_file(path, instrument=instrument, check_pixels=False)
             _check_registered(butler, info)
-            infos.append(info)
+            key = (info.instrument, info.exposure, info.detector)
+            if key in seen:
+                raise ValueError(f"{path}: same exposure/detector as {seen[key]}")
+            seen[key] = path
+            run_name = run or raw_collection(info.instrument)
+            existing = (
+                butler.find_dataset(dataset_type, info.data_id, collections=run_name)
+                if have_type and collection_exists(butler, run_name)
+                else None
+            )
+            if existing is not None:
+                stored = butler.getURI(existing)
+                if not (stored.isLocal and _sha256(stored.ospath) == _sha256(path)):
+                    raise ValueError(
+                        f"{path}: a different file is already ingested for {info.obs_info.observation_id} "
+                        f"detector {info.detector} ({stored})"
+                    )
+                result.already_present.append(info)
+                continue
+            if check_pixels:
+                read_raw_file(path)
+            to_ingest.append(info)
         except (RawFormatError, ValueError, FileNotFoundError) as err:
             result.failed[path] = str(err)
-    seen: dict[tuple, str] = {}
-    for info in infos:
-        key = (info.instrument, info.exposure, info.detector)
-        if key in seen:
-            result.failed[info.path] = f"{info.path}: same exposure/detector as {seen[key]}"
-        seen[key] = info.path
     if result.failed and not skip_bad:
         raise IngestError(
             "Nothing was ingested; bad input:\n" + "\n".join(f"  {msg}" for msg in result.failed.values())
         )
-    infos = [i for i in infos if i.path not in result.failed]
-    if not infos:
+    if not to_ingest:
         return result
-    dataset_type = raw_dataset_type(butler)
     butler.registry.registerDatasetType(dataset_type)
 
     by_run: dict[str, list[RawFileInfo]] = {}
-    for info in infos:
+    for info in to_ingest:
         by_run.setdefault(run or raw_collection(info.instrument), []).append(info)
 
     for run_name, run_infos in by_run.items():
         butler.registry.registerRun(run_name)
         datasets: list[FileDataset] = []
-        new_infos: list[RawFileInfo] = []
         with butler.transaction():
             for info in run_infos:
-                existing = butler.find_dataset(dataset_type, info.data_id, collections=run_name)
-                if existing is not None:
-                    stored = butler.getURI(existing)
-                    same = stored.isLocal and _sha256(stored.ospath) == _sha256(info.path)
-                    if not same:
-                        raise IngestError(
-                            f"{info.path}: a different file is already ingested for {info.obs_info.observation_id} "
-                            f"detector {info.detector} ({stored}); nothing was ingested"
-                        )
-                    result.already_present.append(info)
-                    continue
                 butler.registry.syncDimensionData("day_obs", _day_obs_record(butler, info.obs_info))
                 butler.registry.syncDimensionData(
                     "group", {"instrument": info.instrument, "name": info.obs_info.exposure_group}
@@ -297,17 +306,14 @@ def ingest_raws(
                 except Exception as err:
                     raise IngestError(
                         f"{info.path}: exposure {info.exposure} is already registered with different "
-                        f"metadata: {err}"
+                        f"metadata ({err}); nothing was ingested"
                     ) from err
                 ref = DatasetRef(dataset_type, info.data_id, run=run_name)
                 datasets.append(FileDataset(path=info.path, refs=[ref], formatter="lsst.cpcombined.raw.RawFormatter"))
-                new_infos.append(info)
-            if datasets:
-                butler.ingest(*datasets, transfer=transfer)
-        result.ingested.extend(new_infos)
+            butler.ingest(*datasets, transfer=transfer)
+        result.ingested.extend(run_infos)
     for info in result.ingested:
         _LOG.info("Ingested %s (%s detector %d)", info.path, info.obs_info.observation_id, info.detector)
     for info in result.already_present:
         _LOG.info("Already ingested, skipped: %s", info.path)
     return result
-

@@ -18,6 +18,7 @@ __all__ = (
     "RawFormatError",
     "RawFormatter",
     "RawImage",
+    "read_primary_header",
     "read_raw_file",
     "read_raw_header",
     "write_raw_file",
@@ -175,6 +176,22 @@ def _layout_from_header(header: fits.Header, filename: str, amp: str) -> AmpLayo
         serial_overscan=nx - x2,
         parallel_overscan=ny - height,
     )
+
+
+def read_primary_header(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the primary header of a FITS file as a dict.
+
+    Raises
+    ------
+    RawFormatError
+        If the file is not a readable FITS file.
+    """
+    filename = os.fspath(path)
+    try:
+        with fits.open(filename, memmap=False, lazy_load_hdus=True) as hdul:
+            return _header_to_dict(hdul[0].header)
+    except (OSError, ValueError, TypeError, IndexError) as err:
+        raise RawFormatError(f"{filename}: not a readable FITS file ({err})") from err
 
 
 def read_raw_header(path: str | os.PathLike) -> dict[str, Any]:

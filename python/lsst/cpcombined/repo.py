@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = (
     "RAW_COLLECTION_TEMPLATE",
+    "collection_exists",
     "config_dir",
     "create_repo",
     "ensure_postgres_extensions",
@@ -15,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from lsst.daf.butler import Butler, Config
+from lsst.daf.butler import Butler, Config, MissingCollectionError
 
 from .instrument import LATISS, LSSTComCam
 
@@ -28,6 +29,15 @@ RAW_COLLECTION_TEMPLATE = "{instrument}/raw/all"
 def raw_collection(instrument: str) -> str:
     """Name of the RUN collection holding an instrument's raws."""
     return RAW_COLLECTION_TEMPLATE.format(instrument=instrument)
+
+
+def collection_exists(butler: Butler, name: str) -> bool:
+    """Whether a collection called ``name`` exists."""
+    try:
+        butler.collections.get_info(name)
+    except MissingCollectionError:
+        return False
+    return True
 
 
 def config_dir() -> Path:
