@@ -107,6 +107,15 @@ class AmpLayout:
             data_height=max(16, int(round(base.data_height * scale))),
         )
 
+    @classmethod
+    def from_detector_shape(cls, shape: Sequence[int]) -> AmpLayout:
+        """Layout of an assembled detector image of ``shape`` ``(ny, nx)``
+        (prescan/overscan sizes are the real ones)."""
+        ny, nx = int(shape[0]), int(shape[1])
+        if ny % cls.n_y or nx % cls.n_x:
+            raise ValueError(f"detector shape {shape} is not a {cls.n_y} x {cls.n_x} grid of amplifiers")
+        return cls(data_width=nx // cls.n_x, data_height=ny // cls.n_y)
+
     @property
     def raw_width(self) -> int:
         """Width of one raw amplifier array."""

@@ -1,0 +1,299 @@
+"""Combine ISR-processed exposures into a bias, dark or flat."""
+
+from __future__ import annotations
+
+__all__ = ("CpCombineConfig", "CpCombineConnections", "CpCombineTask")
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import astropy.units as u
+import numpy as np
+from lsst.pex.config import ChoiceField, Field, ListField
+from lsst.pipe.base import PipelineTask, PipelineTaskConfig, PipelineTaskConnections, Struct
+from lsst.pipe.base import connectionTypes as cT
+
+from ..algorithms import combine as engine
+from ..algorithms.isr import amp_regions
+from ..algorithms.masks import BIT, bits
+from ..camera import AmpLayout
+from ..errors import CpInputError
+from ..instrument import get_instrument
+from ..products import (
+    ButlerBlockSource,
+    amp_percentiles,
+    calib_metadata,
+    from_masked_image,
+    read_header,
+    to_masked_image,
+    write_input_provenance,
+    write_percentiles,
+)
+
+_UNITS = {"bias": u.electron, "dark": u.electron / u.s, "flat": None}
+
+
+class CpCombineConnections(PipelineTaskConnections, dimensions=("instrument", "detector")):
+    inputExpHandles = cT.Input(
+        name="cpIsrProc",
+        doc="ISR-processed exposures to combine.",
+        storageClass="MaskedImageV2",
+        dimensions=("instrument", "exposure", "detector"),
+        multiple=True,
+        deferLoad=True,
+    )
+    inputScales = cT.Input(
+        name="cpFlatNormScales",
+        doc="Focal-plane normalisation: per-exposure scale factors (flats).",
+        storageClass="StructuredDataDict",
+        dimensions=("instrument",),
+    )
+    outputData = cT.Output(
+        name="bias",
+        doc="Combined calibration.",
+        storageClass="MaskedImageV2",
+        dimensions=("instrument", "detector"),
+        isCalibration=True,
+    )
+
+    def __init__(self, *, config: CpCombineConfig) -> None:
+        super().__init__(config=config)
+        if config.scaling != "focal_plane":
+            del self.inputScales
+
+
+class CpCombineConfig(PipelineTaskConfig, pipelineConnections=CpCombineConnections):
+    """Configuration of `CpCombineTask`."""
+
+    calibrationType = ChoiceField(
+        dtype=str,
+        doc="Calibration built (sets units and metadata).",
+        allowed={"bias": "bias (electrons)", "dark": "dark (e-/s)", "flat": "flat (dimensionless)"},
+        default="bias",
+    )
+    method = ChoiceField(
+        dtype=str,
+        doc="Per-pixel statistic.",
+        allowed={"clipped_mean": "iterative sigma-clipped mean", "median": "median"},
+        default="clipped_mean",
+    )
+    nSigma = Field(dtype=float, doc="Clipping threshold (sigma).", default=3.0)
+    nIter = Field(dtype=int, doc="Maximum clipping iterations.", default=3)
+    maskPlanes = ListField(
+        dtype=str,
+        doc="Input pixels with any of these mask planes are excluded.",
+        default=["SAT", "DETECTED", "INTRP"],
+    )
+    scaling = ChoiceField(
+        dtype=str,
+        doc="Factor each input is divided by before combining.",
+        allowed={
+            "none": "no scaling (bias)",
+            "exposure_time": "exposure time",
+            "dark_time": "dark time (dark: result per second)",
+            "clipped_mean": "the input's clipped mean (single-chip flat)",
+            "focal_plane": "the exposure factor E of the focal-plane normalisation (cpFlatNormScales)",
+        },
+        default="none",
+    )
+    normalizeOutput = Field(
+        dtype=bool,
+        doc="Divide the combined image by its clipped mean (single-chip flats: mean 1).",
+        default=False,
+    )
+    minInputs = Field(dtype=int, doc="Minimum number of usable inputs; fewer is an error.", default=1)
+    maxSaturatedFraction = Field(
+        dtype=float,
+        doc="Inputs with more SAT pixels than this fraction are excluded (logged). 1 disables.",
+        default=0.01,
+    )
+    memoryBudgetMB = Field(dtype=int, doc="Memory for the block buffer of input values (MB).", default=256)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.nSigma <= 0 or self.nIter < 0:
+            raise ValueError("nSigma must be > 0 and nIter >= 0")
+        if self.minInputs < 1:
+            raise ValueError("minInputs must be >= 1")
+        bits(*self.maskPlanes)  # unknown plane names raise KeyError
+
+
+class CpCombineTask(PipelineTask):
+    """Combine a stack of ISR-processed exposures into one calibration.
+
+    Inputs are read in row blocks (`lsst.cpcombined.products.ButlerBlockSource`)
+    so memory does not grow with their number.  The output carries
+    provenance (each input's exposure, date, exposure/dark time and scale),
+    per-amp percentiles and ``BAD`` where no input was usable.
+    """
+
+    ConfigClass = CpCombineConfig
+    _DefaultName = "cpCombine"
+    config: CpCombineConfig
+
+    def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
+        inputs = butlerQC.get(inputRefs)
+        data_id = butlerQC.quantum.dataId
+        outputs = self.run(
+            inputExpHandles=inputs["inputExpHandles"],
+            inputScales=inputs.get("inputScales"),
+            instrument=data_id["instrument"],
+            detector=data_id["detector"],
+            physical_filter=data_id.required.get("physical_filter"),
+        )
+        butlerQC.put(outputs, outputRefs)
+
+    def run(
+        self,
+        inputExpHandles: Sequence[Any],
+        inputScales: Mapping[str, Any] | None = None,
+        *,
+        instrument: str,
+        detector: int,
+        physical_filter: str | None = None,
+    ) -> Struct:
+        """Combine the inputs.
+
+        Parameters
+        ----------
+        inputExpHandles
+            Deferred handles of the ISR-processed exposures.
+        inputScales
+            Focal-plane normalisation (``scaling="focal_plane"``).
+        instrument, detector, physical_filter
+            Data ID values.
+
+        Returns
+        -------
+        struct
+            ``outputData``: the combined `lsst.images.MaskedImage`.
+        """
+        cfg = self.config
+        det = get_instrument(instrument).camera_description[detector]
+        headers = []
+        shape = None
+        for handle in inputExpHandles:
+            md, this_shape = read_header(handle)
+            if shape is None:
+                shape = this_shape
+            elif this_shape != shape:
+                raise CpInputError(f"exposure {md.get('EXPOSURE')} has shape {this_shape}, others {shape}")
+            headers.append(md)
+        if shape is None:
+            raise CpInputError(f"no inputs to combine for detector {det.name}")
+        npix = shape[0] * shape[1]
+
+        keep: list[int] = []
+        for i, md in enumerate(headers):
+            n_sat = sum(v for k, v in md.items() if k.startswith("ISR_") and k.endswith("_N_SATURATED"))
+            fraction = n_sat / npix
+            if fraction > cfg.maxSaturatedFraction:
+                self.log.warning(
+                    "Excluding exposure %s (%s) from the %s of %s: %.1f%% of its pixels are saturated "
+                    "(limit %.1f%%).",
+                    md.get("EXPOSURE"),
+                    md.get("OBSID"),
+                    cfg.calibrationType,
+                    det.name,
+                    100 * fraction,
+                    100 * cfg.maxSaturatedFraction,
+                )
+                continue
+            keep.append(i)
+        handles = [inputExpHandles[i] for i in keep]
+        headers = [headers[i] for i in keep]
+        scales = self._scales(handles, headers, inputScales, det.name)
+        good = [i for i, s in enumerate(scales) if math.isfinite(s) and s > 0]
+        for i in set(range(len(scales))) - set(good):
+            h = headers[i]
+            self.log.warning("Excluding exposure %s (%s): unusable scale %s.", h.get("EXPOSURE"), h.get("OBSID"), scales[i])
+        handles = [handles[i] for i in good]
+        headers = [headers[i] for i in good]
+        scales = [scales[i] for i in good]
+        if len(handles) < cfg.minInputs:
+            raise CpInputError(
+                f"only {len(handles)} usable input(s) for the {cfg.calibrationType} of {det.name}"
+                f"{' in ' + physical_filter if physical_filter else ''} (minimum {cfg.minInputs})"
+            )
+        self.log.info("Combining %d exposures into the %s of %s.", len(handles), cfg.calibrationType, det.name)
+        result = engine.combine(
+            [ButlerBlockSource(h, shape) for h in handles],
+            method=cfg.method,
+            nsigma=cfg.nSigma,
+            niter=cfg.nIter,
+            bad_bits=bits(*cfg.maskPlanes),
+            scales=scales,
+            variance_method="empirical",
+            memory_budget_bytes=cfg.memoryBudgetMB * 1024**2,
+        )
+        image, variance, mask = result.image, result.variance, result.mask
+        n_bad = int(np.count_nonzero(result.n_used == 0))
+        if n_bad:
+            self.log.warning("%d pixels of %s had no usable input: masked BAD.", n_bad, det.name)
+        if cfg.normalizeOutput:
+            norm = engine.clipped_mean(image, mask, bad_bits=bits("BAD", "NO_DATA"))
+            image = image / norm
+            variance = variance / norm**2
+        layout = AmpLayout.from_detector_shape(shape)
+        md = calib_metadata(
+            cfg.calibrationType,
+            instrument=instrument,
+            detector=detector,
+            detector_name=det.name,
+            physical_filter=physical_filter,
+            units=str(_UNITS[cfg.calibrationType] or "dimensionless"),
+        )
+        md.update(
+            CP_METHOD=cfg.method,
+            CP_NSIGMA=cfg.nSigma,
+            CP_NITER=cfg.nIter,
+            CP_SCALING=cfg.scaling,
+            CP_MASKPLANES=",".join(cfg.maskPlanes),
+            CP_N_BAD_PIXELS=n_bad,
+        )
+        write_input_provenance(
+            md,
+            [
+                {
+                    "exposure": h.get("EXPOSURE"),
+                    "obsid": h.get("OBSID"),
+                    "date": h.get("DATE-BEG", h.get("DATE-OBS")),
+                    "exptime": h.get("EXPTIME"),
+                    "darktime": h.get("DARKTIME"),
+                    "scale": s,
+                }
+                for h, s in zip(headers, scales)
+            ],
+        )
+        write_percentiles(md, amp_percentiles(image, mask, amp_regions(layout)))
+        # Pixels without input get BAD (engine) and NO_DATA for clarity.
+        mask = mask | np.where(result.n_used == 0, BIT["NO_DATA"], 0).astype(np.uint8)
+        out = to_masked_image(image, variance, mask, unit=_UNITS[cfg.calibrationType], metadata=md)
+        return Struct(outputData=out)
+
+    def _scales(
+        self,
+        handles: Sequence[Any],
+        headers: Sequence[Mapping[str, Any]],
+        inputScales: Mapping[str, Any] | None,
+        detector_name: str,
+    ) -> list[float]:
+        """Scale factor of each input, per ``config.scaling``."""
+        scaling = self.config.scaling
+        if scaling == "none":
+            return [1.0] * len(handles)
+        if scaling in ("exposure_time", "dark_time"):
+            key = "EXPTIME" if scaling == "exposure_time" else "DARKTIME"
+            return [float(h.get(key, math.nan) or math.nan) for h in headers]
+        if scaling == "clipped_mean":
+            out = []
+            for handle in handles:
+                image, _, mask = from_masked_image(handle.get())
+                bad = bits(*self.config.maskPlanes, "BAD", "NO_DATA")
+                out.append(float(engine.clipped_mean(image, mask, bad_bits=bad)))
+            return out
+        if inputScales is None:
+            raise CpInputError("focal-plane scaling needs cpFlatNormScales")
+        exposure_scales = inputScales.get("exposure_scales", {})
+        return [float(exposure_scales.get(str(h.get("EXPOSURE")), math.nan)) for h in headers]
