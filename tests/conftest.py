@@ -40,3 +40,24 @@ def repo(tmp_path: Path):
     from lsst.cpcombined.repo import create_repo
 
     return create_repo(tmp_path / "repo")
+
+
+def exposure_query(instrument: str, exposures) -> str:
+    """Data query selecting some exposures of an instrument."""
+    return f"instrument='{instrument}' AND exposure IN ({', '.join(str(int(e)) for e in exposures)})"
+
+
+def run_cp_pipeline(repo_root, instrument: str, name: str, *, inputs, output: str, exposures, config=None,
+                    extra=()):
+    """Run ``pipelines/<instrument>/<name>.yaml`` with the in-process pipetask.
+
+    Returns the `~lsst.cpcombined.pipetask.PipetaskResult`.
+    """
+    from lsst.cpcombined.pipetask import pipetask_run_args, run_pipetask
+
+    pipeline = Path(__file__).resolve().parents[1] / "pipelines" / instrument / f"{name}.yaml"
+    args = pipetask_run_args(
+        repo_root, pipeline, inputs=inputs, output=output,
+        data_query=exposure_query(instrument, exposures), config=config, extra=extra, log_level="WARNING",
+    )
+    return run_pipetask(args)

@@ -1,0 +1,223 @@
+"""Combined bias, dark and flat from simulated frames, compared with the
+simulated truth, and the bad-input behaviour of the generation pipelines."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+from conftest import run_cp_pipeline
+from lsst.cpcombined.algorithms.combine import clipped_stats
+from lsst.cpcombined.algorithms.isr import amp_regions
+from lsst.cpcombined.algorithms.masks import bits, from_mask
+from lsst.cpcombined.products import read_input_provenance, read_percentiles
+from lsst.cpcombined.repo import create_repo
+from lsst.cpcombined.simulation import SimulationTruth
+from lsst.cpcombined.simulation.camera import DARK_OVERHEAD_SECONDS, SimulatedCamera
+
+N_BIAS, N_DARK, N_FLAT = 12, 8, 8
+DARK_TIME = 60.0
+FLAT_TIME = 5.0
+LATISS_TRUTH = {
+    "seed": 11,
+    "geometry_scale": 0.125,
+    "hot_pixels": [[0, 100, 50, 20.0], [0, 300, 400, 60.0], [0, 450, 250, 8.0], [0, 20, 480, 4.0]],
+    "cold_pixels": [[0, 200, 100, 0.5]],
+    "bad_columns": [],
+    "flat_flux": 2000.0,
+}
+
+
+def _get(butler, name, collection, **data_id):
+    return butler.get(name, collections=collection, instrument=data_id.pop("instrument", "LATISS"), **data_id)
+
+
+@pytest.fixture(scope="module")
+def latiss(tmp_path_factory):
+    """A small LATISS repo with bias, dark and flat generated."""
+    root = tmp_path_factory.mktemp("latiss_gen") / "repo"
+    butler = create_repo(root)
+    truth = SimulationTruth("LATISS", LATISS_TRUTH)
+    cam = SimulatedCamera(butler, truth)
+    biases = cam.take("bias", [0.0] * N_BIAS)
+    darks = cam.take("dark", [DARK_TIME] * N_DARK)
+    flats = cam.take("flat", [FLAT_TIME] * N_FLAT)
+    res = run_cp_pipeline(root, "LATISS", "cpBias", inputs=["LATISS/raw/all"], output="gen/bias", exposures=biases)
+    assert res.ok, res.error_summary()
+    res = run_cp_pipeline(root, "LATISS", "cpDark", inputs=["LATISS/raw/all", "gen/bias"], output="gen/dark",
+                          exposures=darks)
+    assert res.ok, res.error_summary()
+    res = run_cp_pipeline(root, "LATISS", "cpFlat", inputs=["LATISS/raw/all", "gen/bias", "gen/dark"],
+                          output="gen/flat", exposures=flats)
+    assert res.ok, res.error_summary()
+    return types.SimpleNamespace(root=root, butler=butler, truth=truth, camera=cam,
+                                 biases=biases, darks=darks, flats=flats)
+
+
+def test_bias_matches_truth(latiss):
+    bias = _get(latiss.butler, "bias", "gen/bias", detector=0)
+    dt = latiss.truth.detector_truth(0)
+    image, mask = bias.image.array, from_mask(bias.mask)
+    assert str(bias.image.unit) == "electron"
+    # Truth in electrons: the fixed 2-d structure, plus the dark current of
+    # the bias's own dark time (0.3 s).
+    expected = dt.bias_structure * dt.amp_value(dt.gain) + dt.dark_current * DARK_OVERHEAD_SECONDS
+    for amp, (ys, xs) in amp_regions(latiss.truth.layout).items():
+        resid = (image - expected)[ys, xs]
+        rn = dt.read_noise[amp]
+        sigma_n = rn / np.sqrt(N_BIAS)
+        assert abs(resid.mean()) < 0.05 * rn, amp
+        # Per-pixel scatter: rn/sqrt(N), plus ~3-7 % from the overscan row/column medians.
+        assert 0.9 * sigma_n < resid.std() < 1.15 * sigma_n, (amp, resid.std() / sigma_n)
+    md = bias.metadata
+    assert md["CALIB_TYPE"] == "bias" and md["CP_NINPUTS"] == N_BIAS
+    prov = read_input_provenance(md)
+    assert [p["exposure"] for p in prov] == latiss.biases
+    assert all(p["scale"] == 1.0 and p["exptime"] == 0.0 and p["date"] for p in prov)
+    pct = read_percentiles(md)
+    assert set(pct) == set(amp_regions(latiss.truth.layout)) and set(pct["C10"]) == {0, 5, 16, 50, 84, 95, 100}
+    assert pct["C10"][0] <= pct["C10"][50] <= pct["C10"][100]
+    assert "CALIB_CREATION_DATE" in md
+
+
+def test_dark_matches_truth(latiss):
+    dark = _get(latiss.butler, "dark", "gen/dark", detector=0)
+    dt = latiss.truth.detector_truth(0)
+    assert str(dark.image.unit) == "electron / s"
+    t_dark = DARK_TIME + DARK_OVERHEAD_SECONDS
+    # The combined bias holds the dark current of its 0.3 s of dark time, so
+    # bias subtraction leaves dark·(t_dark − 0.3 s), divided by t_dark.
+    expected = dt.dark_current * (t_dark - DARK_OVERHEAD_SECONDS) / t_dark
+    rn = dt.amp_value(dt.read_noise)
+    # Per-frame Poisson + read noise averages down over the darks; the noise of
+    # the combined bias they all had subtracted does not.
+    sigma = np.sqrt((dt.dark_current * t_dark + 1.07 * rn**2) / N_DARK + 1.07 * rn**2 / N_BIAS) / t_dark
+    z = (dark.image.array - expected) / sigma
+    good = ~dt.hot_mask & ((from_mask(dark.mask) & bits("BAD")) == 0)
+    assert abs(np.mean(z[good])) < 0.05
+    assert 0.85 < np.std(z[good]) < 1.15, np.std(z[good])
+    # Hot pixels stand out and are recovered within their Poisson error.
+    for _, x, y, rate in LATISS_TRUTH["hot_pixels"]:
+        value = dark.image.array[y, x]
+        assert abs(z[y, x]) < 5, (x, y, rate, value)
+        assert value > 3.0
+    md = dark.metadata
+    assert [p["scale"] for p in read_input_provenance(md)] == [pytest.approx(t_dark)] * N_DARK
+
+
+def test_flat_matches_truth(latiss):
+    flat = _get(latiss.butler, "flat", "gen/flat", detector=0, physical_filter="SDSSr_65mm~empty")
+    dt = latiss.truth.detector_truth(0)
+    image, mask = flat.image.array, from_mask(flat.mask)
+    good = ((mask & bits("BAD", "NO_DATA")) == 0) & ~dt.cold_mask & ~dt.hot_mask
+    level, _, _ = clipped_stats(image, mask, bits("BAD", "NO_DATA"))
+    assert level == pytest.approx(1.0, abs=1e-3)  # single chip: normalised to 1
+    truth = dt.flat_field / np.mean(dt.flat_field[good])
+    ratio = image[good] / truth[good]
+    mu_e = latiss.truth.flat_flux * FLAT_TIME * truth[good]
+    expected_sigma = np.sqrt(np.mean(1.0 / (N_FLAT * mu_e)))
+    assert abs(np.median(ratio) - 1) < 1e-3
+    assert 0.85 * expected_sigma < np.std(ratio) < 1.2 * expected_sigma, np.std(ratio) / expected_sigma
+    # The flat has the PRNU (1 % rms) in it: much larger than its noise.
+    assert np.corrcoef(image[good], truth[good])[0, 1] > 0.9
+    assert image[100, 200] < 0.6  # the cold pixel (response 0.5)
+
+
+def test_comcam_flats_keep_detector_ratios(tmp_path):
+    butler = create_repo(tmp_path / "repo")
+    truth = SimulationTruth("LSSTComCam", {"seed": 5, "geometry_scale": 0.0625, "detector_response": 0.03})
+    cam = SimulatedCamera(butler, truth)
+    root = tmp_path / "repo"
+    biases = cam.take("bias", [0.0] * 3)
+    darks = cam.take("dark", [10.0] * 3)
+    flats = cam.take("flat", [3.0, 4.0, 5.0, 6.0])
+    for name, inputs, exposures in (
+        ("cpBias", [], biases), ("cpDark", ["gen/cpBias"], darks), ("cpFlat", ["gen/cpBias", "gen/cpDark"], flats)
+    ):
+        res = run_cp_pipeline(root, "LSSTComCam", name, inputs=["LSSTComCam/raw/all", *inputs],
+                              output=f"gen/{name}", exposures=exposures)
+        assert res.ok, res.error_summary()
+    measured, expected = [], []
+    for det in range(9):
+        flat = butler.get("flat", collections="gen/cpFlat", instrument="LSSTComCam", detector=det,
+                          physical_filter="r_03")
+        dt = truth.detector_truth(det)
+        good = ~dt.cold_mask & ~dt.hot_mask
+        measured.append(clipped_stats(flat.image.array, from_mask(flat.mask), bits("BAD", "NO_DATA"))[0])
+        expected.append(np.mean(dt.flat_field[good]))
+    measured, expected = np.array(measured), np.array(expected)
+    ratios = (measured / measured[4]) / (expected / expected[4])
+    assert np.all(np.abs(ratios - 1) < 0.005), ratios
+    # The spread of responses is real (3 % rms), not normalised away.
+    assert np.std(measured) / np.mean(measured) > 0.01
+    scales = butler.get("cpFlatNormScales", collections="gen/cpFlat", instrument="LSSTComCam")
+    e = [scales["exposure_scales"][str(x)] for x in flats]
+    assert np.allclose(np.array(e) / e[0], np.array([3.0, 4.0, 5.0, 6.0]) / 3.0, rtol=2e-3)
+
+
+# -- bad input -------------------------------------------------------------------
+
+
+def _has(butler, name, collection, **data_id):
+    try:
+        return butler.find_dataset(name, collections=collection, **data_id) is not None
+    except Exception:
+        return False
+
+
+def test_wrong_image_type(latiss):
+    res = run_cp_pipeline(latiss.root, "LATISS", "cpBias", inputs=["LATISS/raw/all"], output="bad/type",
+                          exposures=latiss.biases[:3] + latiss.darks[:1])
+    assert not res.ok
+    assert f"exposure {latiss.darks[0]}" in res.error_summary() and "wrong image type" in res.error_summary()
+    assert not _has(latiss.butler, "bias", "bad/type", instrument="LATISS", detector=0)
+
+
+def test_dark_without_bias(latiss):
+    res = run_cp_pipeline(latiss.root, "LATISS", "cpDark", inputs=["LATISS/raw/all"], output="bad/nobias",
+                          exposures=latiss.darks)
+    assert not res.ok
+    assert "cpDarkIsr.bias" in res.error_summary()
+
+
+def test_mismatched_filter(latiss):
+    (odd,) = latiss.camera.take("flat", [FLAT_TIME], physical_filter="SDSSg_65mm~empty")
+    res = run_cp_pipeline(latiss.root, "LATISS", "cpFlat", inputs=["LATISS/raw/all", "gen/bias", "gen/dark"],
+                          output="bad/filter", exposures=latiss.flats[:4] + [odd])
+    assert not res.ok
+    summary = res.error_summary()
+    assert "mismatched filters" in summary and f"{odd} (SDSSg_65mm~empty)" in summary
+    for flt in ("SDSSr_65mm~empty", "SDSSg_65mm~empty"):
+        assert not _has(latiss.butler, "flat", "bad/filter", instrument="LATISS", detector=0, physical_filter=flt)
+
+
+def test_saturated_flats_excluded(latiss):
+    ramp_top = latiss.camera.take("flat", [150.0, 150.0])  # 300 ke- requested: past full well
+    res = run_cp_pipeline(latiss.root, "LATISS", "cpFlat", inputs=["LATISS/raw/all", "gen/bias", "gen/dark"],
+                          output="gen/flat_sat", exposures=latiss.flats[:4] + ramp_top)
+    assert res.ok, res.error_summary()
+    for e in ramp_top:
+        assert any(f"{e}" in w and "saturated" in w for w in res.warnings), res.warnings
+    flat = _get(latiss.butler, "flat", "gen/flat_sat", detector=0, physical_filter="SDSSr_65mm~empty")
+    assert [p["exposure"] for p in read_input_provenance(flat.metadata)] == latiss.flats[:4]
+    assert clipped_stats(flat.image.array, from_mask(flat.mask), bits("BAD"))[0] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_all_nan_amp_is_masked(tmp_path):
+    butler = create_repo(tmp_path / "repo")
+    truth = SimulationTruth("LATISS", {"seed": 2, "geometry_scale": 0.125,
+                                       "faults": [{"image_type": "bias", "amplifiers": ["C05"], "nan": True}]})
+    biases = SimulatedCamera(butler, truth).take("bias", [0.0] * 3)
+    res = run_cp_pipeline(tmp_path / "repo", "LATISS", "cpBias", inputs=["LATISS/raw/all"], output="gen/nan",
+                          exposures=biases)
+    assert res.ok, res.error_summary()
+    assert any("C05" in w and "entirely NaN" in w for w in res.warnings)
+    assert any("no usable input" in w for w in res.warnings)
+    bias = butler.get("bias", collections="gen/nan", instrument="LATISS", detector=0)
+    regions = amp_regions(truth.layout)
+    mask = from_mask(bias.mask)
+    ys, xs = regions["C05"]
+    assert np.all(mask[ys, xs] & bits("BAD")) and np.all(np.isnan(bias.image.array[ys, xs]))
+    ys, xs = regions["C04"]
+    assert not np.any(mask[ys, xs] & bits("BAD")) and np.all(np.isfinite(bias.image.array[ys, xs]))
