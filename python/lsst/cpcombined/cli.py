@@ -162,6 +162,25 @@ def _simulate_args(p: argparse.ArgumentParser):
     return run
 
 
+# -- run -------------------------------------------------------------------------
+
+
+@command("run", "Run the daily calibration procedure with the simulated camera and local pipelines.")
+def _run_args(p: argparse.ArgumentParser):
+    p.add_argument("config", help="Run configuration YAML (script keys + instrument, simulation, execution).")
+    p.add_argument("--repo", help="Butler repository (created if missing; default ./cpcombined_repo).")
+    p.add_argument("--summary-json", metavar="FILE", help="Write the run summary as JSON.")
+    p.add_argument("--report", metavar="FILE", help="Write a self-contained HTML report.")
+
+    def run(args: argparse.Namespace) -> int:
+        from .script.runner import run_procedure
+
+        code, _ = run_procedure(args.config, repo=args.repo, summary_json=args.summary_json, report=args.report)
+        return code
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cpcombined`` argument parser."""
     parser = argparse.ArgumentParser(prog="cpcombined", description=__doc__.split("\n\n")[0])
@@ -184,11 +203,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("CPCOMBINED_DIR", str(_package_root()))
     from .ingest import IngestError
     from .raw import RawFormatError
+    from .script.schema import ConfigError
     from .simulation import TruthError
 
     try:
         return int(args._runner(args) or 0)
-    except (IngestError, RawFormatError, TruthError, ValueError, LookupError, FileNotFoundError) as err:
+    except (
+        ConfigError,
+        IngestError,
+        RawFormatError,
+        TruthError,
+        ValueError,
+        LookupError,
+        FileNotFoundError,
+    ) as err:
         print(f"cpcombined {args.command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,252 @@
+"""Local implementations of the script's protocols (the embedded default):
+the simulated camera, a butler-polling raw waiter, and a pipeline service
+that runs the same pipelines with ``pipetask`` in-process or as a
+subprocess, returning OCPS-shaped results."""
+
+from __future__ import annotations
+
+__all__ = ("ButlerRawWaiter", "LocalPipelineService", "LocalSimulatedCamera")
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import datetime
+import itertools
+import logging
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from lsst.daf.butler import Butler
+
+from ..pipetask import run_pipetask
+from ..simulation import SimulationTruth
+from ..simulation.camera import READOUT_SECONDS, SimulatedCamera
+from .protocols import JobResult
+
+_LOG = logging.getLogger(__name__)
+
+
+class LocalSimulatedCamera:
+    """`Camera` backed by the simulated camera (frames ingested at once).
+
+    Parameters
+    ----------
+    repo
+        Butler repository the frames are ingested into.
+    truth
+        Simulation truth (instrument, geometry, faults...).
+    detectors
+        Detector ids read out.
+    wait_between_exposures
+        Simulated seconds between exposures.
+    """
+
+    read_out_time = READOUT_SECONDS
+
+    def __init__(
+        self,
+        repo: str | os.PathLike,
+        truth: SimulationTruth,
+        detectors: list[int],
+        wait_between_exposures: float = 0.0,
+    ) -> None:
+        self._camera = SimulatedCamera(
+            Butler.from_config(str(repo), writeable=True),
+            truth,
+            detectors=detectors,
+            wait_between_exposures=wait_between_exposures,
+        )
+
+    async def take_imgtype(
+        self,
+        imgtype: str,
+        exptime: float,
+        n: int,
+        *,
+        group_id: str,
+        note: str = "",
+        program: str = "",
+        reason: str = "",
+        filter: str | None = None,
+        discard: bool = False,
+    ) -> list[int]:
+        image_type = imgtype.lower()
+        return await asyncio.to_thread(
+            self._camera.take,
+            image_type,
+            [exptime] * n,
+            physical_filter=filter if image_type == "flat" else None,
+            group_id=group_id,
+            note=note,
+            program=program,
+            reason=reason,
+            discard=discard,
+        )
+
+
+class ButlerRawWaiter:
+    """`RawWaiter` that polls the repository for the raws.
+
+    Works wherever raws are ingested into a butler repository (by the
+    simulated camera here, by the OODS at the summit).
+    """
+
+    def __init__(self, repo: str | os.PathLike, instrument: str, poll_seconds: float = 1.0) -> None:
+        self._repo = str(repo)
+        self._instrument = instrument
+        self._poll = poll_seconds
+
+    def _missing(self, exposures: list[int], detectors: list[int]) -> set[tuple[int, int]]:
+        butler = Butler.from_config(self._repo)
+        wanted = {(e, d) for e in exposures for d in detectors}
+        where = (
+            f"instrument='{self._instrument}' AND exposure IN ({', '.join(map(str, exposures))}) "
+            f"AND detector IN ({', '.join(map(str, detectors))})"
+        )
+        try:
+            refs = butler.query_datasets("raw", collections="*", where=where, find_first=False, explain=False)
+        except Exception:  # no raw dataset type yet
+            refs = []
+        found = {(r.dataId["exposure"], r.dataId["detector"]) for r in refs}
+        return wanted - found
+
+    async def wait_for_raws(self, exposures: list[int], detectors: list[int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            missing = await asyncio.to_thread(self._missing, exposures, detectors)
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                sample = ", ".join(f"{e}/{d}" for e, d in sorted(missing)[:5])
+                raise TimeoutError(
+                    f"{len(missing)} raw(s) not in the repository after {timeout:g} s (exposure/detector: {sample})"
+                )
+            await asyncio.sleep(self._poll)
+
+
+@dataclasses.dataclass
+class _Job:
+    future: asyncio.Future | concurrent.futures.Future
+    output: str
+    started: float
+    process: asyncio.subprocess.Process | None = None
+
+
+class LocalPipelineService:
+    """`PipelineService` running ``pipetask`` locally.
+
+    Parameters
+    ----------
+    repo
+        Butler repository.
+    mode
+        ``inprocess`` (the real pipetask code in this process, one job at a
+        time, quanta in this process: ``-j`` is ignored) or ``subprocess``
+        (a ``pipetask`` process per job, ``-j`` honoured, killed on
+        timeout).
+    output_prefix
+        Output collection of a job whose config has no ``-o``:
+        ``<output_prefix>/<job id>`` (OCPS uses ``u/ocps``).
+    """
+
+    def __init__(self, repo: str | os.PathLike, *, mode: str = "inprocess", output_prefix: str = "u/ocps") -> None:
+        if mode not in ("inprocess", "subprocess"):
+            raise ValueError(f"mode must be 'inprocess' or 'subprocess', got {mode!r}")
+        self.repo = str(repo)
+        self.mode = mode
+        self.output_prefix = output_prefix
+        self._jobs: dict[str, _Job] = {}
+        self._counter = itertools.count(1)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipetask")
+
+    def _job_id(self) -> str:
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+        return f"{stamp}-{next(self._counter):03d}"
+
+    def build_args(self, pipeline: str, config: str, data_query: str, job_id: str) -> tuple[list[str], str]:
+        """``pipetask`` arguments and output collection of a job."""
+        tokens = shlex.split(config)
+        output = None
+        rest: list[str] = []
+        it = iter(tokens)
+        for tok in it:
+            if tok in ("-o", "--output"):
+                output = next(it)
+            elif tok.startswith("--output="):
+                output = tok.split("=", 1)[1]
+            elif tok in ("-j", "--processes") and self.mode == "inprocess":
+                next(it)
+            elif tok in ("-b", "--butler-config", "-p", "--pipeline", "-d", "--data-query"):
+                raise ValueError(f"job config may not set {tok}: the service sets it")
+            else:
+                rest.append(tok)
+        output = output or f"{self.output_prefix}/{job_id}"
+        os.environ.setdefault("CPCOMBINED_DIR", str(Path(__file__).resolve().parents[4]))
+        pipeline = os.path.expandvars(pipeline)
+        args = ["--log-level", "WARNING", "run", "-b", self.repo, "-p", pipeline, *rest, "-o", output, "-d", data_query]
+        return args, output
+
+    async def execute(self, pipeline: str, version: str, config: str, data_query: str) -> str:
+        job_id = self._job_id()
+        args, output = self.build_args(pipeline, config, data_query, job_id)
+        _LOG.info("Job %s: pipetask %s", job_id, " ".join(shlex.quote(a) for a in args))
+        started = time.monotonic()
+        if self.mode == "inprocess":
+            future = asyncio.get_running_loop().run_in_executor(self._pool, run_pipetask, args)
+            self._jobs[job_id] = _Job(future=future, output=output, started=started)
+        else:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                "import sys; from lsst.ctrl.mpexec.cli.pipetask import main; sys.exit(main())",
+                *args,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            future = asyncio.ensure_future(proc.communicate())
+            self._jobs[job_id] = _Job(future=future, output=output, started=started, process=proc)
+        return job_id
+
+    async def wait_result(self, job_id: str, timeout: float) -> JobResult:
+        job = self._jobs[job_id]
+        try:
+            value = await asyncio.wait_for(asyncio.shield(job.future), timeout)
+        except TimeoutError:
+            if job.process is not None:
+                job.process.kill()
+            return JobResult(
+                jobId=job_id,
+                phase="aborted",
+                exit_code=-1,
+                output_collection=job.output,
+                errors=[f"job timed out after {timeout:g} s"],
+                seconds=time.monotonic() - job.started,
+            )
+        seconds = time.monotonic() - job.started
+        if job.process is None:
+            res = value
+            return JobResult(
+                jobId=job_id,
+                phase="completed" if res.ok else "error",
+                exit_code=res.exit_code,
+                output_collection=job.output,
+                errors=[res.error_summary()] if not res.ok else [],
+                seconds=seconds,
+            )
+        _, stderr = value
+        code = job.process.returncode or 0
+        errors: list[str] = []
+        if code:
+            lines = [ln for ln in stderr.decode(errors="replace").splitlines() if "ERROR" in ln or "Error" in ln]
+            errors = lines[-5:] or [f"pipetask exited with code {code}"]
+        return JobResult(
+            jobId=job_id,
+            phase="completed" if code == 0 else "error",
+            exit_code=code,
+            output_collection=job.output,
+            errors=errors,
+            seconds=seconds,
+        )

@@ -1,0 +1,160 @@
+"""``cpcombined run``: the whole procedure with the local implementations.
+
+A run configuration is the script configuration (SPEC §7 keys) plus:
+
+``instrument``
+    ``LATISS`` (default) or ``LSSTComCam``.
+``simulation``
+    Truth of the simulated camera (see `lsst.cpcombined.simulation.truth`).
+``execution``
+    ``pipeline_mode``: ``inprocess`` (default) or ``subprocess``.
+"""
+
+from __future__ import annotations
+
+__all__ = ("RunConfig", "load_run_config", "run_procedure")
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..repo import create_repo
+from ..simulation import SimulationTruth
+from .core import MakeCalibrationsCore, ProcedureError, RunSummary
+from .local import ButlerRawWaiter, LocalPipelineService, LocalSimulatedCamera
+from .schema import ConfigError, validate_config
+from .state import StateStore, config_key
+
+_LOG = logging.getLogger("lsst.cpcombined.script")
+
+_EXECUTION_KEYS = {"pipeline_mode"}
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """A parsed run configuration file."""
+
+    instrument: str
+    script: dict[str, Any]
+    simulation: dict[str, Any]
+    execution: dict[str, Any]
+
+
+def load_run_config(path: str | os.PathLike) -> RunConfig:
+    """Read a run configuration YAML file.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable file or invalid top-level structure.
+    """
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read run configuration {path}: {err}") from err
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{path}: a run configuration must be a mapping")
+    doc = dict(doc)
+    instrument = doc.pop("instrument", "LATISS")
+    simulation = doc.pop("simulation", {}) or {}
+    execution = doc.pop("execution", {}) or {}
+    if not isinstance(simulation, Mapping) or not isinstance(execution, Mapping):
+        raise ConfigError(f"{path}: 'simulation' and 'execution' must be mappings")
+    unknown = set(execution) - _EXECUTION_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown execution keys {sorted(unknown)}; allowed: {sorted(_EXECUTION_KEYS)}")
+    return RunConfig(instrument, doc, dict(simulation), dict(execution))
+
+
+def _progress(msg: str) -> None:
+    stamp = datetime.datetime.now().strftime("%H:%M:%S")
+    for line in msg.splitlines() or [""]:
+        print(f"[{stamp}] {line}", file=sys.stderr, flush=True)
+
+
+def run_procedure(
+    config_path: str | os.PathLike,
+    *,
+    repo: str | os.PathLike | None = None,
+    summary_json: str | os.PathLike | None = None,
+    report: str | os.PathLike | None = None,
+) -> tuple[int, RunSummary]:
+    """Run the procedure described by a run configuration file.
+
+    Parameters
+    ----------
+    config_path
+        Run configuration (YAML).
+    repo
+        Butler repository; created (embedded SQLite) when it does not
+        exist. Default: ``./cpcombined_repo``.
+    summary_json
+        Where to write the summary JSON.
+    report
+        Where to write the HTML report.
+
+    Returns
+    -------
+    exit_code, summary
+        0 only if every calibration that should be certified was.
+    """
+    run_cfg = load_run_config(config_path)
+    repo = Path(repo or run_cfg.script.get("repo") or "cpcombined_repo").resolve()
+    script_cfg = {**run_cfg.script, "repo": str(repo)}
+    cfg = validate_config(script_cfg, run_cfg.instrument)  # fail before touching anything
+    truth = SimulationTruth(run_cfg.instrument, run_cfg.simulation)
+    if not (repo / "butler.yaml").exists():
+        _progress(f"Creating embedded repository {repo}")
+        create_repo(repo)
+    key = config_key(run_cfg.instrument, script_cfg, run_cfg.simulation)
+    store = StateStore(repo / "cpcombined" / "state" / f"{key}.json")
+    core = MakeCalibrationsCore(
+        run_cfg.instrument,
+        camera=LocalSimulatedCamera(repo, truth, list(cfg.detectors), cfg.wait_between_exposures),
+        raw_waiter=ButlerRawWaiter(repo, run_cfg.instrument),
+        pipelines=LocalPipelineService(repo, mode=run_cfg.execution.get("pipeline_mode", "inprocess")),
+        state_store=store,
+        progress=_progress,
+    )
+
+    async def main() -> RunSummary:
+        await core.configure(script_cfg)
+        try:
+            return await core.run()
+        finally:
+            await core.cleanup()
+
+    exit_code = 0
+    try:
+        summary = asyncio.run(main())
+    except ProcedureError:
+        summary = core.summary
+        exit_code = 1
+    if not summary.success:
+        exit_code = 1
+    if summary_json:
+        Path(summary_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(summary_json).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+        _progress(f"Summary written to {summary_json}")
+    if report:
+        from ..report import write_report
+
+        write_report(report, summary, repo=str(repo), config=cfg)
+        _progress(f"Report written to {report}")
+    status = "SUCCESS" if exit_code == 0 else f"FAILED ({summary.error})"
+    _progress(f"{run_cfg.instrument} daily calibration: {status}")
+    for name, outcome in summary.calibrations.items():
+        _progress(
+            f"  {name:8s} decision={outcome.decision:12s} certified={outcome.certified} "
+            f"{outcome.calib_collection or ''}"
+        )
+    return exit_code, summary
