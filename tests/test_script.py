@@ -1,0 +1,188 @@
+"""The script core: configuration validation, the ScriptQueue contract,
+job-status checking and overlap of processing with acquisition (with fake
+camera and pipeline service)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import types
+
+import pytest
+from lsst.cpcombined.script import (
+    ConfigError,
+    JobResult,
+    MakeCalibrationsCore,
+    ProcedureError,
+    ScriptState,
+    get_schema,
+    validate_config,
+)
+
+
+class FakeCamera:
+    read_out_time = 2.0
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.ids = itertools.count(2026112500001)
+        self.calls: list[tuple] = []
+        self.delay = delay
+
+    async def take_imgtype(self, imgtype, exptime, n, *, group_id, note="", program="", reason="", filter=None,
+                           discard=False):
+        await asyncio.sleep(self.delay)
+        self.calls.append((imgtype, exptime, n, discard, time.monotonic()))
+        return [next(self.ids) for _ in range(n)]
+
+
+class FakeWaiter:
+    async def wait_for_raws(self, exposures, detectors, timeout):
+        return None
+
+
+class FakePipelines:
+    """Fails jobs whose pipeline contains ``fail_on``; records everything."""
+
+    def __init__(self, fail_on: str | None = None, delay: float = 0.0, phase: str = "error") -> None:
+        self.fail_on = fail_on
+        self.delay = delay
+        self.phase = phase
+        self.jobs: dict[str, dict] = {}
+
+    async def execute(self, pipeline, version, config, data_query):
+        job_id = f"job{len(self.jobs) + 1}"
+        self.jobs[job_id] = dict(pipeline=pipeline, config=config, query=data_query, start=time.monotonic())
+        return job_id
+
+    async def wait_result(self, job_id, timeout):
+        await asyncio.sleep(self.delay)
+        job = self.jobs[job_id]
+        job["end"] = time.monotonic()
+        if self.fail_on and self.fail_on in job["pipeline"]:
+            return JobResult(jobId=job_id, phase=self.phase, exit_code=1,
+                             errors=["Exception CpInputError: exposure 1 is a DARK, not a BIAS"])
+        return JobResult(jobId=job_id, phase="completed", exit_code=0, output_collection=f"u/ocps/{job_id}")
+
+
+def _core(repo_root, camera=None, pipelines=None):
+    return MakeCalibrationsCore(
+        "LATISS", camera=camera or FakeCamera(), raw_waiter=FakeWaiter(), pipelines=pipelines or FakePipelines()
+    )
+
+
+# -- configuration ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"script_mode": "BIAS", "n_bais": 3}, "Additional properties are not allowed ('n_bais'"),
+        ({"n_bias": 3}, "'script_mode' is a required property"),
+        ({"script_mode": "FLATS"}, "'FLATS' is not one of"),
+        ({"script_mode": "BIAS", "do_ptc": True}, "do_ptc needs script_mode BIAS_DARK_FLAT"),
+        ({"script_mode": "BIAS_DARK", "do_defects": True}, "do_defects needs script_mode BIAS_DARK_FLAT"),
+        ({"script_mode": "BIAS_DARK", "n_dark": 3, "exp_times_dark": [10, 20]},
+         "exp_times_dark has 2 values but n_dark + n_discard_dark = 4"),
+        ({"script_mode": "BIAS_DARK_FLAT", "n_flat": 2, "n_discard_flat": 0, "exp_times_flat": [1, 2, 3]},
+         "exp_times_flat has 3 values"),
+        ({"script_mode": "BIAS", "n_bias": 0}, "n_bias: 0 is less than the minimum of 1"),
+        ({"script_mode": "BIAS", "n_bias": "20"}, "n_bias: '20' is not of type 'integer'"),
+        ({"script_mode": "BIAS_DARK", "exp_times_dark": -5}, "exp_times_dark"),
+        ({"script_mode": "BIAS", "detectors": [3]}, "detectors.0: 3 is not one of [0]"),
+        ({"script_mode": "BIAS", "filter": "SDSSq~empty"}, "filter: 'SDSSq~empty' is not one of"),
+        ({"script_mode": "BIAS", "certify_calib_begin_date": "2030-01-01",
+          "certify_calib_end_date": "2020-01-01"}, "is not after"),
+        ({"script_mode": "BIAS", "certify_calib_end_date": "next week"}, "certify_calib_*_date"),
+        ({"script_mode": "BIAS", "generate_calibrations": False, "do_verify": False}, "nothing would be done"),
+        ({"script_mode": "BIAS_DARK_FLAT", "do_ptc": True, "exp_times_flat": 5},
+         "do_ptc needs flats at several exposure times"),
+    ],
+)
+def test_configure_rejects(config, message):
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, "LATISS")
+    assert message in str(err.value)
+
+
+def test_configure_state(tmp_path):
+    core = _core(tmp_path)
+    assert core.state == ScriptState.UNCONFIGURED
+    with pytest.raises(ConfigError):
+        asyncio.run(core.configure({"script_mode": "BIAS", "oops": 1}))
+    assert core.state == ScriptState.CONFIGURE_FAILED
+    asyncio.run(core.configure({"script_mode": "BIAS", "repo": str(tmp_path)}))
+    assert core.state == ScriptState.CONFIGURED
+
+
+def test_schema_defaults_per_instrument():
+    latiss = get_schema("LATISS")["properties"]
+    comcam = get_schema("LSSTComCam")["properties"]
+    assert latiss["n_bias"]["default"] == 20 and latiss["n_dark"]["default"] == 22
+    assert latiss["n_flat"]["default"] == 20 and latiss["exp_times_flat"]["default"] == 5
+    assert latiss["calib_collection"]["default"] == "LATISS/calib/daily"
+    assert latiss["input_collections_verify_bias"]["default"] == "LATISS/calib"
+    assert comcam["calib_collection"]["default"] == "LSSTComCam/calib/daily"
+    assert comcam["detectors"]["default"] == list(range(9))
+    assert latiss["detectors"]["default"] == [0]
+    assert latiss["number_verification_tests_threshold_flat"]["default"] == 8
+    cfg = validate_config({"script_mode": "BIAS_DARK", "n_dark": 2, "n_discard_dark": 1, "exp_times_dark": [3, 4, 5]})
+    assert cfg.exposure_times("dark") == [3.0, 4.0, 5.0]
+    assert cfg.exposure_times("bias") == [0.0] * 21
+
+
+def test_set_metadata_duration(tmp_path):
+    core = _core(tmp_path)
+    asyncio.run(core.configure({"script_mode": "BIAS_DARK", "n_bias": 5, "n_dark": 5, "exp_times_dark": 30,
+                                "repo": str(tmp_path)}))
+    md = types.SimpleNamespace()
+    core.set_metadata(md)
+    # At least the exposure time of the darks plus read-out of every frame.
+    assert md.duration >= 6 * 30 + 12 * 2.0
+
+
+# -- running --------------------------------------------------------------------------
+
+
+def test_failed_job_fails_script_with_its_error(repo, tmp_path):
+    pipelines = FakePipelines(fail_on="cpBias")
+    core = _core(tmp_path, pipelines=pipelines)
+    asyncio.run(core.configure({"script_mode": "BIAS_DARK", "n_bias": 3, "n_dark": 3, "generate_calibrations": True,
+                                "repo": str(tmp_path / "repo")}))
+    with pytest.raises(ProcedureError) as err:
+        asyncio.run(core.run())
+    assert "cpBias job job1 error" in str(err.value)
+    assert "is a DARK, not a BIAS" in str(err.value)
+    assert core.state == ScriptState.FAILED
+    assert core.summary.success is False and "DARK, not a BIAS" in core.summary.error
+    assert [s.status for s in core.summary.steps if s.name == "cpBias"] == ["failed"]
+    # Nothing after the failure was submitted (no dark generation, no certification).
+    assert all("cpDark" not in j["pipeline"] for j in pipelines.jobs.values())
+    assert not core.summary.calibrations["bias"].certified
+
+
+def test_timed_out_job_fails_script(repo, tmp_path):
+    pipelines = FakePipelines(fail_on="verifyBias", phase="aborted")
+    core = _core(tmp_path, pipelines=pipelines)
+    asyncio.run(core.configure({"script_mode": "BIAS", "n_bias": 2, "generate_calibrations": False,
+                                "repo": str(tmp_path / "repo")}))
+    with pytest.raises(ProcedureError, match="verifyBias job job1 aborted"):
+        asyncio.run(core.run())
+
+
+def test_processing_overlaps_next_acquisition(repo, tmp_path):
+    camera = FakeCamera(delay=0.05)
+    pipelines = FakePipelines(delay=0.5)
+    core = _core(tmp_path, camera=camera, pipelines=pipelines)
+    asyncio.run(core.configure({"script_mode": "BIAS_DARK", "n_bias": 2, "n_dark": 4, "generate_calibrations": False,
+                                "repo": str(tmp_path / "repo")}))
+    with pytest.raises(ProcedureError):
+        # The fake verification writes no decision dataset, so reading it
+        # fails; by then the dark acquisition has run concurrently.
+        asyncio.run(core.run())
+    bias_job = next(j for j in pipelines.jobs.values() if "verifyBias" in j["pipeline"])
+    dark_takes = [c[4] for c in camera.calls if c[0] == "DARK"]
+    assert dark_takes, "darks were not acquired"
+    assert dark_takes[0] < bias_job["end"], "dark acquisition waited for bias processing"
+    # Discarded frames first, one per call.
+    assert [c[3] for c in camera.calls if c[0] == "BIAS"] == [True, False, False]
