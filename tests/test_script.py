@@ -186,3 +186,22 @@ def test_processing_overlaps_next_acquisition(repo, tmp_path):
     assert dark_takes[0] < bias_job["end"], "dark acquisition waited for bias processing"
     # Discarded frames first, one per call.
     assert [c[3] for c in camera.calls if c[0] == "BIAS"] == [True, False, False]
+
+
+def test_core_imports_no_sal():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lsst.cpcombined.script, lsst.cpcombined.script.local;"
+        "bad = [m for m in sys.modules if m.startswith('lsst.ts')]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_ocps_result_shape():
+    r = JobResult(jobId="j1", phase="error", exit_code=1, errors=["boom"])
+    payload = r.as_ocps()
+    assert payload["jobId"] == "j1" and payload["phase"] == "error"
+    assert JobResult.from_ocps(payload) == r
+    assert not r.ok and JobResult.from_ocps({"jobId": "j2", "phase": "completed"}).ok
