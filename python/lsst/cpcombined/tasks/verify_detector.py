@@ -1,0 +1,460 @@
+"""Per-(exposure, detector) verification of a bias, dark or flat.
+
+The raw is re-processed by `~lsst.cpcombined.tasks.isr.CpIsrTask` (a
+subtask) with the calibration under test, which is looked up as an
+``isCalibration=True`` prerequisite in the input collections: the
+just-generated calibration when its RUN collection is among the inputs
+("internal verification") or the one certified in a CALIBRATION collection
+such as ``LATISS/calib`` ("external verification").  Defects are applied
+when some are found (optional input).  The processed image is *not*
+written: the per-amplifier statistics and the DMTN-101 tests of
+`lsst.cpcombined.algorithms.verify` are computed here, and only they are
+written (``verify<Type>DetStats``, a plain dictionary, and
+``verify<Type>DetResults``, a table with one row per amplifier).
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "CpVerifyDetectorConfig",
+    "CpVerifyDetectorConnections",
+    "CpVerifyDetectorTask",
+    "stats_config_from",
+    "thresholds_from",
+)
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from lsst.images import MaskedImage
+from lsst.pex.config import ChoiceField, ConfigurableField, Field, ListField
+from lsst.pipe.base import PipelineTask, PipelineTaskConfig, PipelineTaskConnections, Struct
+from lsst.pipe.base import connectionTypes as cT
+
+from ..algorithms import cosmic_rays
+from ..algorithms import verify as verify_algo
+from ..algorithms.isr import amp_regions
+from ..algorithms.masks import bits
+from ..errors import CpInputError
+from ..instrument import get_instrument
+from ..products import from_masked_image
+from ..raw import RawImage
+from .isr import CpIsrTask
+
+#: Calibration dataset types a verification ISR may look up.
+_CALIB_CONNECTIONS = ("bias", "dark", "flat", "defects")
+
+
+class CpVerifyDetectorConnections(
+    PipelineTaskConnections,
+    dimensions=("instrument", "exposure", "detector"),
+    defaultTemplates={"calibType": "Bias"},
+):
+    inputExp = cT.Input(
+        name="raw",
+        doc="Raw exposure of one detector to re-process with the calibration under test.",
+        storageClass="CpRawImage",
+        dimensions=("instrument", "exposure", "detector"),
+    )
+    bias = cT.PrerequisiteInput(
+        name="bias",
+        doc="Combined bias (electrons), found by validity date (or in a RUN collection).",
+        storageClass="MaskedImageV2",
+        dimensions=("instrument", "detector"),
+        isCalibration=True,
+    )
+    dark = cT.PrerequisiteInput(
+        name="dark",
+        doc="Combined dark (electrons per second), found by validity date (or in a RUN collection).",
+        storageClass="MaskedImageV2",
+        dimensions=("instrument", "detector"),
+        isCalibration=True,
+    )
+    flat = cT.PrerequisiteInput(
+        name="flat",
+        doc="Combined flat (dimensionless), found by validity date (or in a RUN collection).",
+        storageClass="MaskedImageV2",
+        dimensions=("instrument", "detector", "physical_filter"),
+        isCalibration=True,
+    )
+    defects = cT.PrerequisiteInput(
+        name="defects",
+        doc="Defects (table of boxes), masked and interpolated when found; optional.",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "detector"),
+        isCalibration=True,
+        minimum=0,
+    )
+    outputStats = cT.Output(
+        name="verify{calibType}DetStats",
+        doc=(
+            "Per-amp statistics and tests, detector statistics and tests, SUCCESS and FAILURES "
+            "(lsst.cpcombined.algorithms.verify.verify_detector), plus the calibrations used and the "
+            "thresholds."
+        ),
+        storageClass="StructuredDataDict",
+        dimensions=("instrument", "exposure", "detector"),
+    )
+    outputResults = cT.Output(
+        name="verify{calibType}DetResults",
+        doc="One row per amplifier: statistics and test results.",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "exposure", "detector"),
+    )
+
+    def __init__(self, *, config: CpVerifyDetectorConfig) -> None:
+        super().__init__(config=config)
+        if not config.isr.doBias:
+            del self.bias
+        if not config.isr.doDark:
+            del self.dark
+        if not config.isr.doFlat:
+            del self.flat
+        if not config.isr.doDefects:
+            del self.defects
+
+
+class CpVerifyDetectorConfig(PipelineTaskConfig, pipelineConnections=CpVerifyDetectorConnections):
+    """Configuration of `CpVerifyDetectorTask`."""
+
+    calibrationType = ChoiceField(
+        dtype=str,
+        doc=(
+            "Calibration verified: selects the tests (bias/dark: MEAN, NOISE, CR_NOISE, PROCESSING; "
+            "flat: NOISE and detector SCATTER).  Must match connections.calibType and the ISR steps."
+        ),
+        allowed={"bias": "bias", "dark": "dark", "flat": "flat"},
+        default="bias",
+    )
+    isr = ConfigurableField(
+        target=CpIsrTask,
+        doc="ISR applying the calibration under test (and defects when found).",
+    )
+    statNSigma = Field(dtype=float, doc="Clipping threshold (sigma) of the per-amp statistics.", default=5.0)
+    statNIter = Field(dtype=int, doc="Clipping iterations of the per-amp statistics.", default=3)
+    statMaskPlanes = ListField(
+        dtype=str,
+        doc="Pixels with any of these mask planes are ignored by the statistics.",
+        default=["DETECTED", "BAD", "NO_DATA"],
+    )
+    readNoiseSource = ChoiceField(
+        dtype=str,
+        doc="Read noise of the NOISE test (electrons).",
+        allowed={
+            "overscan": "measured on each amp's serial overscan by the ISR (ISR_<amp>_OVERSCAN_NOISE_E)",
+            "nominal": "the camera description's nominal per-amp read noise",
+        },
+        default="overscan",
+    )
+    noiseThreshold = Field(
+        dtype=float,
+        doc="bias/dark NOISE: largest allowed (NOISE - READ_NOISE) / READ_NOISE.",
+        default=0.05,
+    )
+    crNoiseThreshold = Field(
+        dtype=float,
+        doc="bias/dark CR_NOISE: largest allowed |NOISE - CR_NOISE| / CR_NOISE.",
+        default=0.05,
+    )
+    flatPoissonTest = Field(
+        dtype=bool,
+        doc="flat: also run the stricter POISSON_NOISE test (NOISE / sqrt(MEAN + READ_NOISE^2)).",
+        default=False,
+    )
+    flatPoissonTolerance = Field(
+        dtype=float,
+        doc="flat POISSON_NOISE: largest allowed NOISE / sqrt(MEAN + READ_NOISE^2) - 1.",
+        default=0.05,
+    )
+    detectorScatterThreshold = Field(
+        dtype=float,
+        doc="flat detector SCATTER: largest allowed std(amp means) / mean(amp means).",
+        default=0.05,
+    )
+    doCrRepair = Field(
+        dtype=bool,
+        doc=(
+            "Find and repair cosmic rays on a copy of the processed image for the CR_NOISE statistic and "
+            "the PROCESSING test (bias/dark; the flat tests do not use them)."
+        ),
+        default=True,
+    )
+    crNSigma = Field(dtype=float, doc="Cosmic-ray detection threshold (sigma).", default=6.0)
+    crGrow = Field(dtype=int, doc="Pixels by which cosmic-ray masks are grown before repair.", default=2)
+    crMinPixels = Field(
+        dtype=int,
+        doc="Minimum number of pixels of a cosmic ray (1 also flags isolated sharp pixels).",
+        default=2,
+    )
+    crMaxPixels = Field(
+        dtype=int,
+        doc="More cosmic-ray pixels than this on a detector is an overflow: PROCESSING fails on every amp.",
+        default=100_000,
+    )
+
+    def setDefaults(self) -> None:
+        super().setDefaults()
+        self.isr.doBias = True
+        self.isr.doApplyGains = True
+        self.isr.doCosmicRays = False
+
+    def validate(self) -> None:
+        super().validate()
+        if self.statNSigma <= 0 or self.statNIter < 0:
+            raise ValueError("statNSigma must be > 0 and statNIter >= 0")
+        bits(*self.statMaskPlanes)  # unknown plane names raise KeyError
+        if not self.isr.doApplyGains:
+            raise ValueError("verification statistics are in electrons: isr.doApplyGains must be true")
+        needed = {"bias": "doBias", "dark": "doDark", "flat": "doFlat"}[self.calibrationType]
+        if not getattr(self.isr, needed):
+            raise ValueError(
+                f"verifying a {self.calibrationType} needs isr.{needed} (apply the calibration under test)"
+            )
+        template = self.connections.calibType
+        if template.lower() != self.calibrationType:
+            raise ValueError(
+                f"connections.calibType={template!r} does not match "
+                f"calibrationType={self.calibrationType!r}; "
+                f"dataset names would be verify{template}DetStats"
+            )
+
+
+def thresholds_from(config: Any) -> verify_algo.VerifyThresholds:
+    """`~lsst.cpcombined.algorithms.verify.VerifyThresholds` from any config
+    with (some of) the verification threshold fields; missing ones take the
+    defaults."""
+    defaults = verify_algo.VerifyThresholds()
+    return verify_algo.VerifyThresholds(
+        noise=getattr(config, "noiseThreshold", defaults.noise),
+        cr_noise=getattr(config, "crNoiseThreshold", defaults.cr_noise),
+        flat_poisson=getattr(config, "flatPoissonTest", defaults.flat_poisson),
+        flat_poisson_tolerance=getattr(config, "flatPoissonTolerance", defaults.flat_poisson_tolerance),
+        detector_scatter=getattr(config, "detectorScatterThreshold", defaults.detector_scatter),
+        exposure_scatter=getattr(config, "exposureScatterThreshold", defaults.exposure_scatter),
+    )
+
+
+def stats_config_from(config: CpVerifyDetectorConfig) -> verify_algo.StatsConfig:
+    """`~lsst.cpcombined.algorithms.verify.StatsConfig` of a task config."""
+    return verify_algo.StatsConfig(
+        n_sigma=config.statNSigma, n_iter=config.statNIter, mask_planes=tuple(config.statMaskPlanes)
+    )
+
+
+def _float(value: Any) -> float:
+    """``float(value)``, or NaN for a missing or non-numeric value."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _ref_record(ref: Any) -> dict[str, Any] | None:
+    """Identity of a calibration dataset used (id, run, data ID)."""
+    if ref is None:
+        return None
+    if isinstance(ref, (list, tuple)):
+        return _ref_record(ref[0]) if ref else None
+    return {
+        "dataset_type": ref.datasetType.name,
+        "id": str(ref.id),
+        "run": str(ref.run),
+        "data_id": {
+            str(k): (v if isinstance(v, (int, str)) else str(v)) for k, v in ref.dataId.required.items()
+        },
+    }
+
+
+class CpVerifyDetectorTask(PipelineTask):
+    """Verify one (exposure, detector) against the calibration under test.
+
+    Steps: ISR with the calibration under test (subtask ``isr``; defects
+    masked and interpolated when found); per amplifier the statistics of
+    `lsst.cpcombined.algorithms.verify.amp_statistics` (clipped mean and
+    std masking ``statMaskPlanes``; read noise from the ISR's overscan
+    measurement); for bias and dark also the clipped std after cosmic-ray
+    repair (`lsst.cpcombined.algorithms.cosmic_rays.repair_cosmic_rays`)
+    and whether that repair overflowed; then the amplifier and detector
+    tests (`lsst.cpcombined.algorithms.verify.verify_detector`).  Only the
+    statistics are written; the processed image is dropped.
+    """
+
+    ConfigClass = CpVerifyDetectorConfig
+    _DefaultName = "cpVerifyDetector"
+    config: CpVerifyDetectorConfig
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.makeSubtask("isr")
+
+    def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
+        inputs = butlerQC.get(inputRefs)
+        data_id = butlerQC.quantum.dataId
+        calibrations = {}
+        for name in _CALIB_CONNECTIONS:
+            record = _ref_record(getattr(inputRefs, name, None))
+            if record is not None:
+                calibrations[name] = record
+        outputs = self.run(
+            **inputs,
+            instrument=data_id["instrument"],
+            detector=data_id["detector"],
+            exposure=data_id["exposure"],
+            calibrations=calibrations,
+        )
+        butlerQC.put(outputs, outputRefs)
+
+    def run(
+        self,
+        inputExp: RawImage,
+        bias: MaskedImage | None = None,
+        dark: MaskedImage | None = None,
+        flat: MaskedImage | None = None,
+        defects: Any = None,
+        *,
+        instrument: str,
+        detector: int,
+        exposure: int,
+        calibrations: Mapping[str, Any] | None = None,
+    ) -> Struct:
+        """Process one raw and verify it.
+
+        Parameters
+        ----------
+        inputExp
+            Raw image.
+        bias, dark, flat, defects
+            Calibrations (those the ISR is configured to apply; defects may
+            be `None` or an empty list when none were found).
+        instrument, detector, exposure
+            Data ID values.
+        calibrations
+            Identity (id, run, data ID) of each calibration used, recorded
+            in the output so that certification can check that the decision
+            concerns the calibration it certifies.
+
+        Returns
+        -------
+        struct
+            ``outputStats`` (`dict`) and ``outputResults``
+            (`astropy.table.Table`).
+        """
+        cfg = self.config
+        if isinstance(defects, (list, tuple)):
+            defects = defects[0] if defects else None
+        det = get_instrument(instrument).camera_description[detector]
+        processed = self.isr.run(
+            inputExp,
+            bias=bias,
+            dark=dark,
+            flat=flat,
+            defects=defects,
+            instrument=instrument,
+            detector=detector,
+            exposure=exposure,
+        ).outputExposure
+        image, variance, mask = from_masked_image(processed)
+        md = dict(processed.metadata)
+        if md.get("ISR_UNITS") != "electron":
+            raise CpInputError(f"verification ISR output of exposure {exposure} is not in electrons")
+        regions = amp_regions(inputExp.layout)
+
+        gains: dict[str, float] = {}
+        read_noise: dict[str, float] = {}
+        nominal = {a.name: a for a in det.amplifiers}
+        for amp in regions:
+            gains[amp] = float(md.get(f"ISR_{amp}_GAIN", nominal[amp].gain))
+            if cfg.readNoiseSource == "overscan":
+                read_noise[amp] = float(md.get(f"ISR_{amp}_OVERSCAN_NOISE_E", math.nan))
+            else:
+                read_noise[amp] = float(nominal[amp].read_noise)
+
+        stats_config = stats_config_from(cfg)
+        cr_noise: dict[str, float] | None = None
+        cr_overflow = False
+        cr_info: dict[str, Any] = {"DONE": False}
+        if cfg.doCrRepair and cfg.calibrationType in ("bias", "dark"):
+            repair = cosmic_rays.repair_cosmic_rays(
+                image,
+                variance,
+                mask,
+                nsigma=cfg.crNSigma,
+                grow=cfg.crGrow,
+                min_pixels=cfg.crMinPixels,
+                max_cr_pixels=cfg.crMaxPixels,
+            )
+            cr_overflow = bool(repair.overflow)
+            cr_info = {
+                "DONE": True,
+                "N_PIXELS": int(repair.n_pixels),
+                "N_FEATURES": int(repair.n_features),
+                "OVERFLOW": cr_overflow,
+                "MAX_PIXELS": int(cfg.crMaxPixels),
+            }
+            if cr_overflow:
+                self.log.warning(
+                    "Exposure %s detector %s: cosmic-ray repair overflowed (%d pixels > %d): "
+                    "PROCESSING fails.",
+                    exposure,
+                    det.name,
+                    repair.n_pixels,
+                    cfg.crMaxPixels,
+                )
+            cr_noise = {}
+            bad = np.uint8(stats_config.bad_bits)
+            for amp, region in regions.items():
+                pixels = np.asarray(repair.image[region], dtype=np.float64)
+                good = np.isfinite(pixels) & ((mask[region] & bad) == 0)
+                clipped = verify_algo.clipped_stats(
+                    pixels[good], n_sigma=stats_config.n_sigma, n_iter=stats_config.n_iter
+                )
+                cr_noise[amp] = clipped.std
+
+        amp_stats = verify_algo.detector_statistics(
+            image,
+            mask,
+            regions,
+            gains=gains,
+            read_noise=read_noise,
+            cr_noise=cr_noise,
+            cr_overflow=cr_overflow,
+            config=stats_config,
+        )
+        thresholds = thresholds_from(cfg)
+        result = verify_algo.verify_detector(
+            cfg.calibrationType, amp_stats, exposure=int(exposure), detector=det.name, thresholds=thresholds
+        )
+        # exposure_scatter belongs to the exposure task (recorded there).
+        detector_thresholds = dataclasses.asdict(thresholds)
+        del detector_thresholds["exposure_scatter"]
+        result.update(
+            {
+                "INSTRUMENT": str(instrument),
+                "DETECTOR_ID": int(detector),
+                "OBSID": str(md.get("OBSID", "")),
+                "IMGTYPE": str(md.get("IMGTYPE", "")),
+                "EXPTIME": _float(md.get("EXPTIME")),
+                "DARKTIME": _float(md.get("DARKTIME")),
+                "DATE": str(md.get("DATE-BEG", md.get("DATE-OBS", ""))),
+                "CALIBRATIONS": dict(calibrations or {}),
+                "THRESHOLDS": detector_thresholds,
+                "COSMIC_RAYS": cr_info,
+                "READ_NOISE_SOURCE": cfg.readNoiseSource,
+            }
+        )
+        if result["FAILURES"]:
+            self.log.info(
+                "Exposure %s detector %s: %d %s verification failure(s): %s",
+                exposure,
+                det.name,
+                len(result["FAILURES"]),
+                cfg.calibrationType,
+                ", ".join(result["FAILURES"]),
+            )
+        table = verify_algo.results_table([result])
+        table.meta["CALIB_TYPE"] = cfg.calibrationType
+        table.meta["INSTRUMENT"] = str(instrument)
+        return Struct(outputStats=result, outputResults=table)
