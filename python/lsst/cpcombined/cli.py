@@ -162,6 +162,52 @@ def _simulate_args(p: argparse.ArgumentParser):
     return run
 
 
+# -- certify -----------------------------------------------------------------------
+
+
+@command(
+    "certify",
+    "Certify a generated calibration into a CALIBRATION collection (bias/dark/flat only with a 'yes' decision).",
+)
+def _certify_args(p: argparse.ArgumentParser):
+    p.add_argument("repo")
+    p.add_argument("--dataset-type", required=True, help="bias, dark, flat, defects or ptc.")
+    p.add_argument("--run", required=True, help="Collection holding the generated calibration (RUN or CHAINED).")
+    p.add_argument("--collection", required=True, help="CALIBRATION collection to certify into.")
+    p.add_argument("--begin", default="1950-01-01", help="Start of validity (TAI, ISO-8601).")
+    p.add_argument("--end", default="2050-01-01", help="End of validity (TAI, ISO-8601, exclusive).")
+    p.add_argument("--decision-collection", help="Collection with the verify<Type>Decision dataset.")
+    p.add_argument(
+        "--no-decision", action="store_true", help="Certify bias/dark/flat without a decision (logged)."
+    )
+    p.add_argument("--chain", help="CHAINED collection to prepend the calibration collection to.")
+    p.add_argument("--where", default="", help="Data ID expression restricting what is certified.")
+
+    def run(args: argparse.Namespace) -> int:
+        from .certify import CertificationError, certify_calibration
+
+        try:
+            result = certify_calibration(
+                _butler(args.repo),
+                dataset_type=args.dataset_type,
+                run=args.run,
+                calib_collection=args.collection,
+                begin=args.begin,
+                end=args.end,
+                decision_collection=args.decision_collection,
+                require_decision=not args.no_decision,
+                chain=args.chain,
+                where=args.where,
+            )
+        except CertificationError as err:
+            print(f"cpcombined certify: {err}", file=sys.stderr)
+            return 1
+        print(result.summary())
+        return 0
+
+    return run
+
+
 # -- run -------------------------------------------------------------------------
 
 
