@@ -438,9 +438,12 @@ class MakeCalibrationsCore:
         cfg = self._require_config()
         raws = raw_collection(self.instrument)
         key = f"verify_{image_type}" if verify else image_type
-        generated = []
+        # The calibration under test comes first: each generated chain also
+        # holds its own inputs (e.g. LATISS/calib), which must not shadow it.
         needs = {"bias": [], "dark": ["bias"], "flat": ["bias", "dark"]}[image_type]
-        for dep in needs + ([image_type] if verify and cfg.generate_calibrations else []):
+        order = ([image_type] if verify and cfg.generate_calibrations else []) + needs
+        generated = []
+        for dep in order:
             out = self.summary.calibrations.get(dep)
             if out is not None and out.generated_collection:
                 generated.append(out.generated_collection)
@@ -495,6 +498,7 @@ class MakeCalibrationsCore:
         cfg = self._require_config()
         dataset_type = calib_type
         begin, end = cfg.certify_calib_begin_date, cfg.certify_calib_end_date
+        chain = self._calib_chain(cfg.calib_collection)
 
         async def do() -> None:
             await asyncio.to_thread(
@@ -507,12 +511,26 @@ class MakeCalibrationsCore:
                 end=end,
                 decision_collection=outcome.verification_collection,
                 require_decision=calib_type in ("bias", "dark", "flat") and cfg.do_verify,
+                chain=chain,
             )
 
         await self._step(f"certify {calib_type}", do())
         outcome.certified = True
         outcome.calib_collection = cfg.calib_collection
         outcome.validity = (begin, end)
+
+    def _calib_chain(self, calib_collection: str) -> str | None:
+        """The CHAINED ``<instrument>/calib`` collection that new calibration
+        collections are prepended to (DMTN-222), or `None` when that name
+        is taken by a collection of another type."""
+        chain = f"{self.instrument}/calib"
+        if chain == calib_collection:
+            return None
+        if collection_exists(self._butler, chain):
+            if self._butler.collections.get_info(chain).type != CollectionType.CHAINED:
+                self.progress(f"{chain} is not a CHAINED collection: {calib_collection} is not added to it")
+                return None
+        return chain
 
     async def _gain_from_pairs(self, flats: list[int]) -> None:
         outcome = self._outcome("flat")
