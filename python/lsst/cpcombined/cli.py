@@ -245,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # ArrowAstropy declares a pandas converter; pandas is not a dependency.
+    logging.getLogger("lsst.daf.butler._storage_class").addFilter(
+        lambda record: "pandas" not in record.getMessage()
+    )
     logging.getLogger("lsst.cpcombined").setLevel(args.log_level.upper())
     os.environ.setdefault("CPCOMBINED_DIR", str(_package_root()))
     from .ingest import IngestError

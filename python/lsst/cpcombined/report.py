@@ -116,14 +116,14 @@ def _verify_results(butler: Any, instrument: str, calib_type: str, collection: s
 def _verification_grid(table: Any, calib_type: str) -> str:
     plt = _plt()
     cols = table.colnames
-    exposures = sorted({int(e) for e in table["exposure"]})
-    keys = sorted({(str(d), str(a)) for d, a in zip(table["detector"], table["amp"])})
+    exposures = sorted({int(e) for e in table["EXPOSURE"]})
+    keys = sorted({(str(d), str(a)) for d, a in zip(table["DETECTOR"], table["AMP"])})
     grid = np.full((len(exposures), len(keys)), np.nan)
     success_col = "SUCCESS" if "SUCCESS" in cols else None
     test_cols = [c for c in cols if c.startswith("TEST_")]
     for row in table:
-        i = exposures.index(int(row["exposure"]))
-        j = keys.index((str(row["detector"]), str(row["amp"])))
+        i = exposures.index(int(row["EXPOSURE"]))
+        j = keys.index((str(row["DETECTOR"]), str(row["AMP"])))
         if success_col:
             ok = bool(row[success_col])
         else:
@@ -147,9 +147,9 @@ def _verification_grid(table: Any, calib_type: str) -> str:
 def _noise_mean_plot(table: Any, calib_type: str, thresholds: dict[str, float]) -> str:
     plt = _plt()
     cols = table.colnames
-    keys = sorted({(str(d), str(a)) for d, a in zip(table["detector"], table["amp"])})
+    keys = sorted({(str(d), str(a)) for d, a in zip(table["DETECTOR"], table["AMP"])})
     index = {k: i for i, k in enumerate(keys)}
-    x = np.array([index[(str(d), str(a))] for d, a in zip(table["detector"], table["amp"])])
+    x = np.array([index[(str(d), str(a))] for d, a in zip(table["DETECTOR"], table["AMP"])])
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
     if calib_type == "flat" and "NOISE_ADU" in cols and "SQRT_MEAN_ADU" in cols:
         ratio = np.asarray(table["NOISE_ADU"], float) / np.asarray(table["SQRT_MEAN_ADU"], float)
