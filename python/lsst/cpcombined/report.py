@@ -185,7 +185,12 @@ def _ptc_plots(butler: Any, instrument: str, collection: str, detectors: Iterabl
         n = len(table)
         ncol = 4
         nrow = int(np.ceil(n / ncol))
-        fig, axes = plt.subplots(2 * nrow, ncol, figsize=(14, 3.2 * nrow), gridspec_kw={"height_ratios": [3, 1] * nrow})
+        fig, axes = plt.subplots(
+            2 * nrow,
+            ncol,
+            figsize=(14, 4.2 * nrow),
+            gridspec_kw={"height_ratios": [3, 1] * nrow, "hspace": 0.55},
+        )
         axes = np.atleast_2d(axes)
         rows_html = []
         for k, row in enumerate(table):
@@ -229,7 +234,13 @@ def _defect_maps(butler: Any, instrument: str, collection: str, detectors: Itera
     plt = _plt()
     figs = []
     for det in detectors:
-        table = butler.get("defects", instrument=instrument, detector=det, collections=collection)
+        table = butler.get(
+            "defects",
+            instrument=instrument,
+            detector=det,
+            collections=collection,
+            parameters={"strip_astropy_meta_yaml": False},  # keeps the detector shape
+        )
         mask = table_to_mask(table)
         fig, ax = plt.subplots(figsize=(4, 4))
         ax.imshow(mask, origin="lower", cmap="gray_r", interpolation="nearest")
