@@ -9,6 +9,7 @@ __all__ = (
     "create_repo",
     "ensure_postgres_extensions",
     "package_seed_config",
+    "postgres_driver_url",
     "raw_collection",
 )
 
@@ -62,13 +63,25 @@ def package_seed_config() -> Config:
     return seed
 
 
+def postgres_driver_url(db_url: str) -> str:
+    """Name the installed driver in a plain ``postgresql://`` URL.
+
+    SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3, which is not a
+    dependency; cp_combined pins psycopg2, so such URLs become
+    ``postgresql+psycopg2://``.  Other URLs are returned unchanged.
+    """
+    if db_url.startswith("postgresql://"):
+        return "postgresql+psycopg2://" + db_url.removeprefix("postgresql://")
+    return db_url
+
+
 def ensure_postgres_extensions(db_url: str) -> None:
     """Create the ``btree_gist`` extension the butler registry needs on a
     PostgreSQL database (for calibration validity-range exclusion
     constraints).  Needs a role allowed to create extensions."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(db_url)
+    engine = sqlalchemy.create_engine(postgres_driver_url(db_url))
     try:
         with engine.begin() as conn:
             conn.execute(sqlalchemy.text("CREATE EXTENSION IF NOT EXISTS btree_gist"))
@@ -106,7 +119,7 @@ def create_repo(
     if seed_config is not None:
         seed.update(Config(os.fspath(seed_config)))
     if registry_db is not None:
-        seed["registry", "db"] = registry_db
+        seed["registry", "db"] = postgres_driver_url(registry_db)
     db = seed.get(("registry", "db"))
     if db is not None and str(db).startswith("postgresql"):
         ensure_postgres_extensions(str(db))
