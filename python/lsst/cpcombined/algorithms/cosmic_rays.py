@@ -158,6 +158,44 @@ def _interp_weights(centers: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray
     return i0, i1, w.astype(np.float32)
 
 
+@numba.njit(parallel=True, cache=True)
+def _block_medians(image, good, ye, xe):  # pragma: no cover - numba
+    """Median of the good pixels of each block (NaN when fewer than
+    max(3, 10 %) of the block's pixels are good)."""
+    nby, nbx = ye.size - 1, xe.size - 1
+    grid = np.full((nby, nbx), np.nan)
+    for k in numba.prange(nby * nbx):
+        i = k // nbx
+        j = k % nbx
+        size = (ye[i + 1] - ye[i]) * (xe[j + 1] - xe[j])
+        buf = np.empty(size, dtype=np.float32)
+        n = 0
+        for y in range(ye[i], ye[i + 1]):
+            for x in range(xe[j], xe[j + 1]):
+                if good[y, x]:
+                    buf[n] = image[y, x]
+                    n += 1
+        if n >= max(3, size // 10):
+            grid[i, j] = np.median(buf[:n])
+    return grid
+
+
+@numba.njit(parallel=True, cache=True)
+def _bilinear(grid, y0, y1, wy, x0, x1, wx):  # pragma: no cover - numba
+    """Bilinear interpolation of block values at every pixel (float32)."""
+    ny, nx = y0.size, x0.size
+    out = np.empty((ny, nx), dtype=np.float32)
+    for y in numba.prange(ny):
+        a = grid[y0[y]]
+        b = grid[y1[y]]
+        w = wy[y]
+        for x in range(nx):
+            r0 = a[x0[x]] * (1 - w) + b[x0[x]] * w
+            r1 = a[x1[x]] * (1 - w) + b[x1[x]] * w
+            out[y, x] = r0 * (1 - wx[x]) + r1 * wx[x]
+    return out
+
+
 def background_map(image: np.ndarray, good: np.ndarray | None = None, bin_size: int = 64) -> np.ndarray:
     """Smooth background: block medians of good pixels, bilinearly
     interpolated between block centres.
@@ -182,14 +220,9 @@ def background_map(image: np.ndarray, good: np.ndarray | None = None, bin_size: 
     if good is None:
         good = np.isfinite(image)
     ye, xe = _edges(ny, bin_size), _edges(nx, bin_size)
-    grid = np.full((ye.size - 1, xe.size - 1), np.nan)
-    for i in range(ye.size - 1):
-        for j in range(xe.size - 1):
-            blk = image[ye[i] : ye[i + 1], xe[j] : xe[j + 1]]
-            g = good[ye[i] : ye[i + 1], xe[j] : xe[j + 1]]
-            v = blk[g]
-            if v.size >= max(3, g.size // 10):
-                grid[i, j] = np.median(v)
+    grid = _block_medians(
+        np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(good, dtype=np.bool_), ye, xe
+    )
     if np.isnan(grid).all():
         grid[:] = 0.0
     else:
@@ -198,9 +231,7 @@ def background_map(image: np.ndarray, good: np.ndarray | None = None, bin_size: 
     xc = 0.5 * (xe[:-1] + xe[1:] - 1)
     y0, y1, wy = _interp_weights(yc, ny)
     x0, x1, wx = _interp_weights(xc, nx)
-    g32 = grid.astype(np.float32)
-    rows = g32[y0] * (1 - wy)[:, None] + g32[y1] * wy[:, None]
-    return rows[:, x0] * (1 - wx)[None, :] + rows[:, x1] * wx[None, :]
+    return _bilinear(grid.astype(np.float32), y0, y1, wy, x0, x1, wx)
 
 
 def _robust_sigma(values: np.ndarray, max_samples: int = 1_000_000) -> float:
