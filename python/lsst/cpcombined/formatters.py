@@ -8,21 +8,21 @@ from typing import Any
 
 from lsst.images.formatters import GenericFormatter
 
-#: Floating-point planes written without compression; the mask (mostly
-#: zeros) keeps lsst.images' default lossless compression.
-_UNCOMPRESSED_PLANES = ("image", "variance")
+#: Planes written without compression.  The mask (written as int32 for afw
+#: compatibility) would compress well, but GZIP costs ~0.4 s per full-size
+#: write and every row block the combine engine reads decompresses tiles
+#: again: ISR outputs are read in blocks, so speed wins over ~65 MB of disk.
+_UNCOMPRESSED_PLANES = ("image", "mask", "variance")
 
 
 class UncompressedImageFormatter(GenericFormatter):
-    """`lsst.images` formatter that writes image and variance planes without
-    tile compression.
+    """`lsst.images` formatter that writes FITS without tile compression.
 
     Lossless GZIP compression of floating-point noise costs ~4 s per
     full-size detector to write and as much to read back, for little size
-    gain; ISR outputs and combined calibrations are read many times (every
-    verification quantum reads the calibration under test), so cp_combined
-    writes those planes uncompressed.  The mask keeps the default lossless
-    compression (cheap: it is mostly zeros).  Reading is unchanged.
+    gain; ISR outputs are read back in row blocks by the combine engine and
+    calibrations by every ISR quantum, so cp_combined writes them
+    uncompressed (~195 MB per full-size detector).  Reading is unchanged.
     """
 
     def _get_compression_options(self) -> dict[str, Any]:

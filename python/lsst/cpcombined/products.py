@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = (
     "PERCENTILES",
     "ButlerBlockSource",
+    "get_inputs_caching_calibrations",
     "amp_percentiles",
     "calib_metadata",
     "from_masked_image",
@@ -25,8 +26,10 @@ __all__ = (
     "write_percentiles",
 )
 
+import collections
 import datetime
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import astropy.units as u
@@ -200,3 +203,50 @@ def read_header(handle: Any) -> tuple[dict[str, Any], tuple[int, int]]:
     pixel = handle.get(parameters={"bbox": Box.factory[0:1, 0:1]})
     bbox = handle.get(component="bbox")
     return dict(pixel.metadata), (bbox.y.size, bbox.x.size)
+
+
+class _CalibrationCache:
+    """A few calibrations kept in memory between quanta of one process.
+
+    Every ISR-style quantum (one per exposure and detector) reads the same
+    combined calibration; keeping the last few by dataset id avoids reading
+    ~130 MB per quantum again.  Entries are shared: callers must not modify
+    them.
+    """
+
+    def __init__(self, max_entries: int = 3) -> None:
+        self._max = max_entries
+        self._items: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, butlerQC: Any, ref: Any) -> Any:
+        with self._lock:
+            if ref.id in self._items:
+                self._items.move_to_end(ref.id)
+                return self._items[ref.id]
+        value = butlerQC.get(ref)
+        with self._lock:
+            self._items[ref.id] = value
+            while len(self._items) > self._max:
+                self._items.popitem(last=False)
+        return value
+
+
+_CALIB_CACHE = _CalibrationCache()
+
+
+def get_inputs_caching_calibrations(
+    butlerQC: Any, inputRefs: Any, cached: Iterable[str] = ("bias", "dark", "flat")
+) -> dict[str, Any]:
+    """``butlerQC.get(inputRefs)``, but the single-dataset connections named
+    in ``cached`` come from a small per-process cache (read-only use)."""
+    from lsst.daf.butler import DatasetRef
+
+    names = set(cached)
+    inputs: dict[str, Any] = {}
+    for name, refs in inputRefs:
+        if name in names and isinstance(refs, DatasetRef):
+            inputs[name] = _CALIB_CACHE.get(butlerQC, refs)
+        else:
+            inputs[name] = butlerQC.get(refs)
+    return inputs

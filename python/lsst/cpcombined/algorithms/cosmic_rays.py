@@ -159,19 +159,20 @@ def _interp_weights(centers: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray
 
 
 @numba.njit(parallel=True, cache=True)
-def _block_medians(image, good, ye, xe):  # pragma: no cover - numba
-    """Median of the good pixels of each block (NaN when fewer than
-    max(3, 10 %) of the block's pixels are good)."""
+def _block_medians(image, good, ye, xe, stride):  # pragma: no cover - numba
+    """Median of the good pixels of each block, sampling every ``stride``-th
+    row and column (NaN when fewer than max(3, 10 %) of the sampled pixels
+    are good)."""
     nby, nbx = ye.size - 1, xe.size - 1
     grid = np.full((nby, nbx), np.nan)
     for k in numba.prange(nby * nbx):
         i = k // nbx
         j = k % nbx
-        size = (ye[i + 1] - ye[i]) * (xe[j + 1] - xe[j])
+        size = ((ye[i + 1] - ye[i] + stride - 1) // stride) * ((xe[j + 1] - xe[j] + stride - 1) // stride)
         buf = np.empty(size, dtype=np.float32)
         n = 0
-        for y in range(ye[i], ye[i + 1]):
-            for x in range(xe[j], xe[j + 1]):
+        for y in range(ye[i], ye[i + 1], stride):
+            for x in range(xe[j], xe[j + 1], stride):
                 if good[y, x]:
                     buf[n] = image[y, x]
                     n += 1
@@ -220,8 +221,11 @@ def background_map(image: np.ndarray, good: np.ndarray | None = None, bin_size: 
     if good is None:
         good = np.isfinite(image)
     ye, xe = _edges(ny, bin_size), _edges(nx, bin_size)
+    # A smooth background does not need every pixel: sample every other
+    # row and column of blocks of 32 pixels or more (1/4 of the work).
+    stride = 2 if bin_size >= 32 else 1
     grid = _block_medians(
-        np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(good, dtype=np.bool_), ye, xe
+        np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(good, dtype=np.bool_), ye, xe, stride
     )
     if np.isnan(grid).all():
         grid[:] = 0.0

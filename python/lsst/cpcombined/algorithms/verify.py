@@ -266,6 +266,10 @@ def tests_for(calib_type: str, thresholds: VerifyThresholds | None = None) -> di
 # ---------------------------------------------------------------------------
 
 
+#: Largest number of values whose quartiles seed `clipped_stats` exactly.
+_QUARTILE_SAMPLE = 200_000
+
+
 def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> ClippedStats:
     """Iteratively sigma-clipped mean and standard deviation.
 
@@ -300,7 +304,10 @@ def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> 
     if n_total < 2:
         mean = float(x[0]) if n_total == 1 else math.nan
         return ClippedStats(mean, math.nan, n_total, n_total)
-    q25, center, q75 = np.percentile(x, [25.0, 50.0, 75.0])
+    # The quartiles only seed the clipping, which then iterates on all the
+    # values: a regular subsample of large arrays is enough (and 10x faster).
+    sample = x if x.size <= _QUARTILE_SAMPLE else x[:: x.size // _QUARTILE_SAMPLE + 1]
+    q25, center, q75 = np.percentile(sample, [25.0, 50.0, 75.0])
     sigma = _IQR_TO_SIGMA * (q75 - q25)
     if not sigma > 0:
         sigma = float(np.std(x))

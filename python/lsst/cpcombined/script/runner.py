@@ -7,7 +7,14 @@ A run configuration is the script configuration (SPEC §7 keys) plus:
 ``simulation``
     Truth of the simulated camera (see `lsst.cpcombined.simulation.truth`).
 ``execution``
-    ``pipeline_mode``: ``inprocess`` (default) or ``subprocess``.
+    ``pipeline_mode``: ``inprocess`` (default), ``subprocess`` or ``bps``
+    (each pipeline job is a ``bps submit`` workflow, see
+    `lsst.cpcombined.script.bps`).  With ``bps``: ``bps_config``, the
+    BPS site configuration to include (default
+    ``$CPCOMBINED_DIR/config/bps/local_parsl.yaml``); ``bps_submit_root``,
+    where the workflows' submit directories go (default
+    ``REPO/cpcombined/bps``); ``bps_extra_config``, a mapping of more BPS
+    settings for every submission (e.g. ``{requestMemory: 8192}``).
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ from .state import StateStore, config_key
 
 _LOG = logging.getLogger("lsst.cpcombined.script")
 
-_EXECUTION_KEYS = {"pipeline_mode"}
+_EXECUTION_KEYS = {"pipeline_mode", "bps_config", "bps_submit_root", "bps_extra_config"}
+_PIPELINE_MODES = ("inprocess", "subprocess", "bps")
 
 
 @dataclasses.dataclass
@@ -72,7 +80,29 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
     unknown = set(execution) - _EXECUTION_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown execution keys {sorted(unknown)}; allowed: {sorted(_EXECUTION_KEYS)}")
+    mode = execution.get("pipeline_mode", "inprocess")
+    if mode not in _PIPELINE_MODES:
+        raise ConfigError(
+            f"{path}: execution.pipeline_mode must be one of {list(_PIPELINE_MODES)}, got {mode!r}"
+        )
+    if "bps_extra_config" in execution and not isinstance(execution["bps_extra_config"], Mapping):
+        raise ConfigError(f"{path}: execution.bps_extra_config must be a mapping")
     return RunConfig(instrument, doc, dict(simulation), dict(execution))
+
+
+def _pipeline_service(repo: Path, execution: Mapping[str, Any]):
+    """The pipeline service an ``execution`` section asks for."""
+    mode = execution.get("pipeline_mode", "inprocess")
+    if mode == "bps":
+        from .bps import BpsPipelineService
+
+        return BpsPipelineService(
+            repo,
+            site_config=execution.get("bps_config"),
+            submit_root=execution.get("bps_submit_root"),
+            extra_config=dict(execution.get("bps_extra_config") or {}),
+        )
+    return LocalPipelineService(repo, mode=mode)
 
 
 def _progress(msg: str) -> None:
@@ -121,7 +151,7 @@ def run_procedure(
         run_cfg.instrument,
         camera=LocalSimulatedCamera(repo, truth, list(cfg.detectors), cfg.wait_between_exposures),
         raw_waiter=ButlerRawWaiter(repo, run_cfg.instrument),
-        pipelines=LocalPipelineService(repo, mode=run_cfg.execution.get("pipeline_mode", "inprocess")),
+        pipelines=_pipeline_service(repo, run_cfg.execution),
         state_store=store,
         progress=_progress,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ("CpIsrConfig", "CpIsrConnections", "CpIsrTask")
+__all__ = ("CpCalibrationConnections", "CpIsrConfig", "CpIsrConnections", "CpIsrTask")
 
 import math
 from typing import Any
@@ -19,34 +19,33 @@ from ..algorithms import defects as defects_algo
 from ..algorithms.isr import CalibFrame, amp_regions, run_calib_isr
 from ..errors import CpInputError
 from ..instrument import get_instrument
-from ..products import from_masked_image, to_masked_image
+from ..products import from_masked_image, get_inputs_caching_calibrations, to_masked_image
 from ..raw import RawImage
 
 
-class CpIsrConnections(PipelineTaskConnections, dimensions=("instrument", "exposure", "detector")):
-    ccdExposure = cT.Input(
-        name="raw",
-        doc="Raw exposure of one detector.",
-        storageClass="CpRawImage",
-        dimensions=("instrument", "exposure", "detector"),
-    )
+class CpCalibrationConnections(PipelineTaskConnections, dimensions=("instrument", "exposure", "detector")):
+    """Calibrations an ISR may apply, found by validity date (or in a RUN
+    collection given as input).  Tasks that run `CpIsrTask` (directly or as
+    a subtask) inherit these and drop the ones their ISR does not use with
+    `remove_unused_calibrations`."""
+
     bias = cT.PrerequisiteInput(
         name="bias",
-        doc="Combined bias (electrons), found by validity date.",
+        doc="Combined bias (electrons).",
         storageClass="MaskedImageV2",
         dimensions=("instrument", "detector"),
         isCalibration=True,
     )
     dark = cT.PrerequisiteInput(
         name="dark",
-        doc="Combined dark (electrons per second of dark time), found by validity date.",
+        doc="Combined dark (electrons per second of dark time).",
         storageClass="MaskedImageV2",
         dimensions=("instrument", "detector"),
         isCalibration=True,
     )
     flat = cT.PrerequisiteInput(
         name="flat",
-        doc="Combined flat (dimensionless), found by validity date.",
+        doc="Combined flat (dimensionless).",
         storageClass="MaskedImageV2",
         dimensions=("instrument", "detector", "physical_filter"),
         isCalibration=True,
@@ -59,6 +58,21 @@ class CpIsrConnections(PipelineTaskConnections, dimensions=("instrument", "expos
         isCalibration=True,
         minimum=0,
     )
+
+    def remove_unused_calibrations(self, isr_config: CpIsrConfig) -> None:
+        """Drop the calibration connections ``isr_config`` does not apply."""
+        for name, flag in (("bias", "doBias"), ("dark", "doDark"), ("flat", "doFlat"), ("defects", "doDefects")):
+            if not getattr(isr_config, flag) and name in self.prerequisiteInputs:
+                delattr(self, name)
+
+
+class CpIsrConnections(CpCalibrationConnections, dimensions=("instrument", "exposure", "detector")):
+    ccdExposure = cT.Input(
+        name="raw",
+        doc="Raw exposure of one detector.",
+        storageClass="CpRawImage",
+        dimensions=("instrument", "exposure", "detector"),
+    )
     outputExposure = cT.Output(
         name="cpIsrProc",
         doc="ISR-processed, trimmed and assembled exposure (MaskedImage).",
@@ -68,14 +82,7 @@ class CpIsrConnections(PipelineTaskConnections, dimensions=("instrument", "expos
 
     def __init__(self, *, config: CpIsrConfig) -> None:
         super().__init__(config=config)
-        if not config.doBias:
-            del self.bias
-        if not config.doDark:
-            del self.dark
-        if not config.doFlat:
-            del self.flat
-        if not config.doDefects:
-            del self.defects
+        self.remove_unused_calibrations(config)
 
 
 class CpIsrConfig(PipelineTaskConfig, pipelineConnections=CpIsrConnections):
@@ -149,7 +156,7 @@ class CpIsrTask(PipelineTask):
     config: CpIsrConfig
 
     def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
-        inputs = butlerQC.get(inputRefs)
+        inputs = get_inputs_caching_calibrations(butlerQC, inputRefs)
         data_id = butlerQC.quantum.dataId
         outputs = self.run(
             **inputs,

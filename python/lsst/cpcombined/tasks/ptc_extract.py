@@ -80,7 +80,7 @@ import numpy as np
 from astropy.table import Table
 from lsst.images import MaskedImage
 from lsst.pex.config import ConfigurableField, Field, ListField
-from lsst.pipe.base import PipelineTask, PipelineTaskConfig, PipelineTaskConnections, Struct
+from lsst.pipe.base import PipelineTask, PipelineTaskConfig, Struct
 from lsst.pipe.base import connectionTypes as cT
 
 from ..algorithms import ptc as ptc_algo
@@ -91,10 +91,13 @@ from ..errors import CpInputError
 from ..instrument import get_instrument
 from ..products import calib_metadata, from_masked_image, to_masked_image
 from ..raw import RawImage
-from .isr import CpIsrConfig, CpIsrTask
+from .isr import CpCalibrationConnections, CpIsrConfig, CpIsrTask
 
 
-class CpPtcExtractConnections(PipelineTaskConnections, dimensions=("instrument", "detector")):
+class CpPtcExtractConnections(CpCalibrationConnections, dimensions=("instrument", "detector")):
+    """Bias and dark (electrons; converted to ADU with the nominal gains) and
+    optional defects are looked up over the span of all the flats."""
+
     inputExp = cT.Input(
         name="raw",
         doc="Raw flats of the detector (all exposures of the data query), read one pair at a time.",
@@ -102,28 +105,6 @@ class CpPtcExtractConnections(PipelineTaskConnections, dimensions=("instrument",
         dimensions=("instrument", "exposure", "detector"),
         multiple=True,
         deferLoad=True,
-    )
-    bias = cT.PrerequisiteInput(
-        name="bias",
-        doc="Combined bias (electrons; converted to ADU with the nominal gains), valid over the flats.",
-        storageClass="MaskedImageV2",
-        dimensions=("instrument", "detector"),
-        isCalibration=True,
-    )
-    dark = cT.PrerequisiteInput(
-        name="dark",
-        doc="Combined dark (e-/s; converted to ADU/s with the nominal gains), valid over the flats.",
-        storageClass="MaskedImageV2",
-        dimensions=("instrument", "detector"),
-        isCalibration=True,
-    )
-    defects = cT.PrerequisiteInput(
-        name="defects",
-        doc="Defects (table of boxes), masked BAD and left out of the measurement; optional.",
-        storageClass="ArrowAstropy",
-        dimensions=("instrument", "detector"),
-        isCalibration=True,
-        minimum=0,
     )
     outputCovariances = cT.Output(
         name="cpPtcExtract",
@@ -137,12 +118,7 @@ class CpPtcExtractConnections(PipelineTaskConnections, dimensions=("instrument",
 
     def __init__(self, *, config: CpPtcExtractConfig) -> None:
         super().__init__(config=config)
-        if not config.isr.doBias:
-            del self.bias
-        if not config.isr.doDark:
-            del self.dark
-        if not config.isr.doDefects:
-            del self.defects
+        self.remove_unused_calibrations(config.isr)
 
     def getTemporalBoundsConnections(self) -> frozenset[str]:
         # The calibrations are looked up over the span of all the flats.

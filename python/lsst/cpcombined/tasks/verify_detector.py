@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from lsst.images import MaskedImage
 from lsst.pex.config import ChoiceField, ConfigurableField, Field, ListField
-from lsst.pipe.base import PipelineTask, PipelineTaskConfig, PipelineTaskConnections, Struct
+from lsst.pipe.base import PipelineTask, PipelineTaskConfig, Struct
 from lsst.pipe.base import connectionTypes as cT
 
 from ..algorithms import cosmic_rays
@@ -40,16 +40,16 @@ from ..algorithms.isr import amp_regions
 from ..algorithms.masks import bits
 from ..errors import CpInputError
 from ..instrument import get_instrument
-from ..products import from_masked_image
+from ..products import from_masked_image, get_inputs_caching_calibrations
 from ..raw import RawImage
-from .isr import CpIsrTask
+from .isr import CpCalibrationConnections, CpIsrTask
 
 #: Calibration dataset types a verification ISR may look up.
 _CALIB_CONNECTIONS = ("bias", "dark", "flat", "defects")
 
 
 class CpVerifyDetectorConnections(
-    PipelineTaskConnections,
+    CpCalibrationConnections,
     dimensions=("instrument", "exposure", "detector"),
     defaultTemplates={"calibType": "Bias"},
 ):
@@ -58,35 +58,6 @@ class CpVerifyDetectorConnections(
         doc="Raw exposure of one detector to re-process with the calibration under test.",
         storageClass="CpRawImage",
         dimensions=("instrument", "exposure", "detector"),
-    )
-    bias = cT.PrerequisiteInput(
-        name="bias",
-        doc="Combined bias (electrons), found by validity date (or in a RUN collection).",
-        storageClass="MaskedImageV2",
-        dimensions=("instrument", "detector"),
-        isCalibration=True,
-    )
-    dark = cT.PrerequisiteInput(
-        name="dark",
-        doc="Combined dark (electrons per second), found by validity date (or in a RUN collection).",
-        storageClass="MaskedImageV2",
-        dimensions=("instrument", "detector"),
-        isCalibration=True,
-    )
-    flat = cT.PrerequisiteInput(
-        name="flat",
-        doc="Combined flat (dimensionless), found by validity date (or in a RUN collection).",
-        storageClass="MaskedImageV2",
-        dimensions=("instrument", "detector", "physical_filter"),
-        isCalibration=True,
-    )
-    defects = cT.PrerequisiteInput(
-        name="defects",
-        doc="Defects (table of boxes), masked and interpolated when found; optional.",
-        storageClass="ArrowAstropy",
-        dimensions=("instrument", "detector"),
-        isCalibration=True,
-        minimum=0,
     )
     outputStats = cT.Output(
         name="verify{calibType}DetStats",
@@ -107,14 +78,7 @@ class CpVerifyDetectorConnections(
 
     def __init__(self, *, config: CpVerifyDetectorConfig) -> None:
         super().__init__(config=config)
-        if not config.isr.doBias:
-            del self.bias
-        if not config.isr.doDark:
-            del self.dark
-        if not config.isr.doFlat:
-            del self.flat
-        if not config.isr.doDefects:
-            del self.defects
+        self.remove_unused_calibrations(config.isr)
 
 
 class CpVerifyDetectorConfig(PipelineTaskConfig, pipelineConnections=CpVerifyDetectorConnections):
@@ -291,7 +255,7 @@ class CpVerifyDetectorTask(PipelineTask):
         self.makeSubtask("isr")
 
     def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
-        inputs = butlerQC.get(inputRefs)
+        inputs = get_inputs_caching_calibrations(butlerQC, inputRefs)
         data_id = butlerQC.quantum.dataId
         calibrations = {}
         for name in _CALIB_CONNECTIONS:
