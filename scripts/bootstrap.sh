@@ -45,4 +45,7 @@ fi
 export CPCOMBINED_DIR="$ROOT"
 export DAF_BUTLER_CONFIG_PATH="$ROOT/config${DAF_BUTLER_CONFIG_PATH:+:$DAF_BUTLER_CONFIG_PATH}"
 export PATH="$VENV/bin:$PATH"
+# numba caches compiled kernels next to the sources; keep them out of the
+# tree in a per-user cache so fresh clones on this machine reuse them.
+export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$HOME/.cache/cpcombined/numba}"
 eval "$("$VENV/bin/python" -m lsst.cpcombined.env)"
