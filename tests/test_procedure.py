@@ -133,9 +133,9 @@ def test_majority_of_faulty_biases_fails_and_certifies_nothing(tmp_path):
     assert bias["decision"] == "fail" and not bias["certified"]
     assert "failed exposures" in bias["decision_report"] and "MEAN" in bias["decision_report"]
     assert "bias failed verification" in doc["error"]
-    # Nothing that needed the bias ran or was certified.
+    # Nothing that needed the bias was certified (its generation may have
+    # started: it only needs the generated bias).
     assert not doc["calibrations"].get("dark", {}).get("certified", False)
-    assert not doc["calibrations"].get("dark", {}).get("generated_collection")
     assert not _certified(Butler.from_config(str(tmp_path / "repo")), "LATISS/calib/daily")
 
 

@@ -6,11 +6,14 @@ script states) and drives the whole daily job through three protocols
 (`Camera`, `RawWaiter`, `PipelineService`):
 
 1. acquire each image type (discarded frames first) and wait for the raws;
-2. while the next type is acquired, process the previous one in the
-   background: generate (``cp<Type>``), verify (``verify<Type>``: internal
-   when generated, external otherwise), read the majority decision and
-   certify a passing calibration;
-3. then gain from flat pairs, defects and PTC (certified directly).
+2. in the background, as soon as their inputs exist: generate
+   (``cp<Type>``, needing only the *generated* calibrations it uses), verify
+   (``verify<Type>``: internal when generated, external otherwise), read the
+   majority decision, and certify a passing calibration once everything it
+   depends on is certified; the next acquisition overlaps all of this, and
+   up to two pipeline jobs run at once;
+3. PTC (whose extraction also gives the gain from flat pairs) and defects,
+   certified directly once their inputs' calibrations are.
 
 Every pipeline job's status is checked: a failed job, a timeout, a "no"
 decision or a failed certification stops the procedure with its cause; a
@@ -164,6 +167,8 @@ class MakeCalibrationsCore:
         self.config: ScriptConfig | None = None
         self.summary = RunSummary(instrument=instrument)
         self._butler: Butler | None = None
+        self._certify_lock = asyncio.Lock()
+        self._tasks: dict[str, asyncio.Task] = {}
 
     # -- ScriptQueue contract ----------------------------------------------------
 
@@ -310,34 +315,60 @@ class MakeCalibrationsCore:
     # -- procedure ------------------------------------------------------------------
 
     async def _run_all(self, cfg: ScriptConfig) -> None:
-        previous: asyncio.Task | None = None
-        tasks: list[asyncio.Task] = []
+        """Acquire each type, and start its processing as soon as what it
+        needs exists: generation of a type needs the *generated* calibrations
+        it uses (not their verification), so generation, verification and
+        the next acquisition overlap; every certification waits for the
+        certification of what it depends on, so a rejected calibration stops
+        everything that needed it from being certified."""
+        self._tasks: dict[str, asyncio.Task] = {}
         try:
             for image_type in cfg.image_types:
                 await self.checkpoint(f"take_{image_type}")
-                if previous is not None and previous.done() and previous.exception():
-                    raise previous.exception()  # type: ignore[misc]
+                self._raise_first_failure()
                 exposures = await self._acquire(image_type)
-                previous = asyncio.create_task(self._process(image_type, exposures, previous))
-                tasks.append(previous)
-            if previous is not None:
-                await previous
+                self._start_chain(cfg, image_type, exposures)
+            if "flat" in cfg.image_types:
+                flats = self._outcome("flat").exposures
+                if cfg.do_ptc:
+                    self._start("ptc", self._ptc(flats))
+                elif cfg.do_gain_from_flat_pairs:
+                    self._start("gainFromFlatPairs", self._gain_from_pairs(flats))
+                if cfg.do_defects:
+                    self._start("defects", self._defects())
+            pending = set(self._tasks.values())
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                self._raise_first_failure()
         finally:
-            for t in tasks:
+            for t in self._tasks.values():
                 if not t.done():
                     t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if "flat" in cfg.image_types:
-            flats = self._outcome("flat").exposures
-            if cfg.do_gain_from_flat_pairs:
-                await self.checkpoint("gain_from_flat_pairs")
-                await self._gain_from_pairs(flats)
-            if cfg.do_defects:
-                await self.checkpoint("defects")
-                await self._defects()
-            if cfg.do_ptc:
-                await self.checkpoint("ptc")
-                await self._ptc(flats)
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _start(self, name: str, coro: Awaitable[Any]) -> None:
+        self._tasks[name] = asyncio.ensure_future(coro)
+
+    def _raise_first_failure(self) -> None:
+        """Re-raise the earliest failure of a background step."""
+        for task in self._tasks.values():
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def _after(self, *names: str) -> None:
+        """Wait for the named background steps (missing ones are skipped)."""
+        tasks = [self._tasks[n] for n in names if n in self._tasks]
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    def _start_chain(self, cfg: ScriptConfig, image_type: str, exposures: list[int]) -> None:
+        needs = {"bias": [], "dark": ["bias"], "flat": ["bias", "dark"]}[image_type]
+        if cfg.generate_calibrations:
+            self._start(f"gen:{image_type}", self._generate(image_type, exposures, needs))
+        if cfg.do_verify:
+            self._start(f"verify:{image_type}", self._verify(image_type, exposures, needs))
+        if cfg.generate_calibrations:
+            self._start(f"certify:{image_type}", self._certify_when_ready(image_type, needs))
 
     async def _acquire(self, image_type: str) -> list[int]:
         cfg = self._require_config()
@@ -449,48 +480,54 @@ class MakeCalibrationsCore:
                 generated.append(out.generated_collection)
         return [*generated, raws, *cfg.collections(key)]
 
-    async def _process(self, image_type: str, exposures: list[int], previous: asyncio.Task | None) -> None:
-        if previous is not None:
-            await previous
+    async def _generate(self, image_type: str, exposures: list[int], needs: list[str]) -> None:
+        await self._after(*(f"gen:{t}" for t in needs))
         cfg = self._require_config()
         outcome = self._outcome(image_type)
         label = _TYPE_LABEL[image_type]
-        if cfg.generate_calibrations:
-            res = await self._job(
-                f"cp{label}",
-                self._pipeline(f"cp{label}"),
-                self._inputs_for(image_type, verify=False),
-                self._collection("calib", f"cp{label}"),
-                exposures,
-                cfg.values[f"config_options_{image_type}"],
-            )
-            outcome.generated_collection = res.output_collection
-            outcome.jobs[f"cp{label}"] = res.jobId
-        if cfg.do_verify:
-            await self.checkpoint(f"verify_{image_type}")
-            res = await self._job(
-                f"verify{label}",
-                self._pipeline(f"verify{label}"),
-                self._inputs_for(image_type, verify=True),
-                self._collection("verify", f"verify{label}"),
-                exposures,
-                f"-c verify{label}Decision:threshold={cfg.threshold(image_type)}",
-            )
-            outcome.verification_collection = res.output_collection
-            outcome.jobs[f"verify{label}"] = res.jobId
-            decision = self._butler.get(
-                f"verify{label}Decision", instrument=self.instrument, collections=res.output_collection
-            )
-            certify = bool(decision.get("CERTIFY", decision.get("certify")))
-            outcome.decision = "pass" if certify else "fail"
-            outcome.decision_report = str(decision.get("REPORT", decision.get("report", "")))
-            outcome.extra["decision"] = decision
-            self.progress(f"{image_type} decision: {outcome.decision}\n{outcome.decision_report}")
-            if not certify:
-                first = outcome.decision_report.splitlines()[0] if outcome.decision_report else ""
-                raise CalibrationRejected(f"{image_type} failed verification: {first or 'majority rule said no'}")
-        if cfg.generate_calibrations:
-            await self._certify(image_type, outcome.generated_collection, outcome)
+        res = await self._job(
+            f"cp{label}",
+            self._pipeline(f"cp{label}"),
+            self._inputs_for(image_type, verify=False),
+            self._collection("calib", f"cp{label}"),
+            exposures,
+            cfg.values[f"config_options_{image_type}"],
+        )
+        outcome.generated_collection = res.output_collection
+        outcome.jobs[f"cp{label}"] = res.jobId
+
+    async def _verify(self, image_type: str, exposures: list[int], needs: list[str]) -> None:
+        await self._after(f"gen:{image_type}", *(f"gen:{t}" for t in needs))
+        await self.checkpoint(f"verify_{image_type}")
+        cfg = self._require_config()
+        outcome = self._outcome(image_type)
+        label = _TYPE_LABEL[image_type]
+        res = await self._job(
+            f"verify{label}",
+            self._pipeline(f"verify{label}"),
+            self._inputs_for(image_type, verify=True),
+            self._collection("verify", f"verify{label}"),
+            exposures,
+            f"-c verify{label}Decision:threshold={cfg.threshold(image_type)}",
+        )
+        outcome.verification_collection = res.output_collection
+        outcome.jobs[f"verify{label}"] = res.jobId
+        decision = self._butler.get(
+            f"verify{label}Decision", instrument=self.instrument, collections=res.output_collection
+        )
+        certify = bool(decision.get("CERTIFY", decision.get("certify")))
+        outcome.decision = "pass" if certify else "fail"
+        outcome.decision_report = str(decision.get("REPORT", decision.get("report", "")))
+        outcome.extra["decision"] = decision
+        self.progress(f"{image_type} decision: {outcome.decision}\n{outcome.decision_report}")
+        if not certify:
+            first = outcome.decision_report.splitlines()[0] if outcome.decision_report else ""
+            raise CalibrationRejected(f"{image_type} failed verification: {first or 'majority rule said no'}")
+
+    async def _certify_when_ready(self, image_type: str, needs: list[str]) -> None:
+        await self._after(f"gen:{image_type}", f"verify:{image_type}", *(f"certify:{t}" for t in needs))
+        outcome = self._outcome(image_type)
+        await self._certify(image_type, outcome.generated_collection, outcome)
 
     async def _certify(self, calib_type: str, run_collection: str | None, outcome: CalibrationOutcome) -> None:
         from ..certify import certify_calibration
@@ -514,7 +551,8 @@ class MakeCalibrationsCore:
                 chain=chain,
             )
 
-        await self._step(f"certify {calib_type}", do())
+        async with self._certify_lock:  # one registry writer at a time
+            await self._step(f"certify {calib_type}", do())
         outcome.certified = True
         outcome.calib_collection = cfg.calib_collection
         outcome.validity = (begin, end)
@@ -533,6 +571,7 @@ class MakeCalibrationsCore:
         return chain
 
     async def _gain_from_pairs(self, flats: list[int]) -> None:
+        await self._after("gen:bias", "gen:dark")
         outcome = self._outcome("flat")
         res = await self._job(
             "gainFromFlatPairs",
@@ -554,6 +593,7 @@ class MakeCalibrationsCore:
         return [*[g for g in gens if g], raw_collection(self.instrument), *cfg.collections("ptc")]
 
     async def _defects(self) -> None:
+        await self._after("gen:dark", "gen:flat")
         cfg = self._require_config()
         outcome = self._outcome("defects")
         gens = [self.summary.calibrations[t].generated_collection for t in ("dark", "flat")]
@@ -573,9 +613,12 @@ class MakeCalibrationsCore:
         )
         outcome.generated_collection = res.output_collection
         outcome.jobs["cpDefects"] = res.jobId
+        await self._after("certify:dark", "certify:flat")
         await self._certify("defects", res.output_collection, outcome)
 
     async def _ptc(self, flats: list[int]) -> None:
+        """PTC; its extraction also gives the gain from flat pairs."""
+        await self._after("gen:bias", "gen:dark")
         cfg = self._require_config()
         outcome = self._outcome("ptc")
         outcome.exposures = list(flats)
@@ -589,4 +632,7 @@ class MakeCalibrationsCore:
         )
         outcome.generated_collection = res.output_collection
         outcome.jobs["cpPtc"] = res.jobId
+        if cfg.do_gain_from_flat_pairs:
+            self._outcome("flat").extra["gain_from_flat_pairs_collection"] = res.output_collection
+        await self._after("certify:bias", "certify:dark")
         await self._certify("ptc", res.output_collection, outcome)

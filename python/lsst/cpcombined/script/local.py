@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -127,11 +128,22 @@ class ButlerRawWaiter:
             await asyncio.sleep(self._poll)
 
 
+def _die_with_parent() -> None:
+    """In a child process: get SIGKILL when the parent dies (Linux), so that
+    a killed procedure leaves no pipetask running behind it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: nothing to do
+        pass
+
+
 @dataclasses.dataclass
 class _Job:
-    future: asyncio.Future | concurrent.futures.Future
     output: str
     started: float
+    future: asyncio.Future | None = None
     process: asyncio.subprocess.Process | None = None
 
 
@@ -143,24 +155,38 @@ class LocalPipelineService:
     repo
         Butler repository.
     mode
-        ``inprocess`` (the real pipetask code in this process, one job at a
-        time, quanta in this process: ``-j`` is ignored) or ``subprocess``
-        (a ``pipetask`` process per job, ``-j`` honoured, killed on
-        timeout).
+        ``inprocess``: the real pipetask code runs in this process (quanta
+        in this process, ``-j`` ignored, no interpreter start-up); a job
+        submitted while another runs in-process gets a ``pipetask``
+        subprocess.  ``subprocess``: every job is a ``pipetask`` process
+        (``-j`` honoured).  Subprocesses are killed on timeout.
     output_prefix
         Output collection of a job whose config has no ``-o``:
         ``<output_prefix>/<job id>`` (OCPS uses ``u/ocps``).
+    max_jobs
+        Jobs running at once (more wait for a slot); default: the number
+        of CPUs, at most 2.
     """
 
-    def __init__(self, repo: str | os.PathLike, *, mode: str = "inprocess", output_prefix: str = "u/ocps") -> None:
+    def __init__(
+        self,
+        repo: str | os.PathLike,
+        *,
+        mode: str = "inprocess",
+        output_prefix: str = "u/ocps",
+        max_jobs: int | None = None,
+    ) -> None:
         if mode not in ("inprocess", "subprocess"):
             raise ValueError(f"mode must be 'inprocess' or 'subprocess', got {mode!r}")
         self.repo = str(repo)
         self.mode = mode
         self.output_prefix = output_prefix
+        self.max_jobs = max_jobs or min(2, os.cpu_count() or 1)
         self._jobs: dict[str, _Job] = {}
         self._counter = itertools.count(1)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipetask")
+        self._slots: asyncio.Semaphore | None = None
+        self._inprocess_busy = False
 
     def _job_id(self) -> str:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
@@ -193,29 +219,49 @@ class LocalPipelineService:
         job_id = self._job_id()
         args, output = self.build_args(pipeline, config, data_query, job_id)
         _LOG.info("Job %s: pipetask %s", job_id, " ".join(shlex.quote(a) for a in args))
-        started = time.monotonic()
-        if self.mode == "inprocess":
-            future = asyncio.get_running_loop().run_in_executor(self._pool, run_pipetask, args)
-            self._jobs[job_id] = _Job(future=future, output=output, started=started)
-        else:
-            proc = await asyncio.create_subprocess_exec(
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_jobs)
+        job = _Job(output=output, started=time.monotonic())
+        job.future = asyncio.ensure_future(self._run(job, args))
+        self._jobs[job_id] = job
+        return job_id
+
+    async def _run(self, job: _Job, args: list[str]) -> tuple[int, list[str]]:
+        """Run one job when a slot is free; return (exit code, errors)."""
+        assert self._slots is not None
+        async with self._slots:
+            job.started = time.monotonic()
+            if self.mode == "inprocess" and not self._inprocess_busy:
+                self._inprocess_busy = True
+                try:
+                    res = await asyncio.get_running_loop().run_in_executor(self._pool, run_pipetask, args)
+                finally:
+                    self._inprocess_busy = False
+                return res.exit_code, ([res.error_summary()] if not res.ok else [])
+            job.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
                 "import sys; from lsst.ctrl.mpexec.cli.pipetask import main; sys.exit(main())",
                 *args,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
+                preexec_fn=_die_with_parent,
             )
-            future = asyncio.ensure_future(proc.communicate())
-            self._jobs[job_id] = _Job(future=future, output=output, started=started, process=proc)
-        return job_id
+            _, stderr = await job.process.communicate()
+            code = job.process.returncode or 0
+            errors: list[str] = []
+            if code:
+                lines = stderr.decode(errors="replace").splitlines()
+                errors = [ln for ln in lines if "Error" in ln or "ERROR" in ln][-5:] or [f"pipetask exited with code {code}"]
+            return code, errors
 
     async def wait_result(self, job_id: str, timeout: float) -> JobResult:
         job = self._jobs[job_id]
+        assert job.future is not None
         try:
-            value = await asyncio.wait_for(asyncio.shield(job.future), timeout)
+            code, errors = await asyncio.wait_for(asyncio.shield(job.future), timeout)
         except TimeoutError:
-            if job.process is not None:
+            if job.process is not None and job.process.returncode is None:
                 job.process.kill()
             return JobResult(
                 jobId=job_id,
@@ -225,28 +271,11 @@ class LocalPipelineService:
                 errors=[f"job timed out after {timeout:g} s"],
                 seconds=time.monotonic() - job.started,
             )
-        seconds = time.monotonic() - job.started
-        if job.process is None:
-            res = value
-            return JobResult(
-                jobId=job_id,
-                phase="completed" if res.ok else "error",
-                exit_code=res.exit_code,
-                output_collection=job.output,
-                errors=[res.error_summary()] if not res.ok else [],
-                seconds=seconds,
-            )
-        _, stderr = value
-        code = job.process.returncode or 0
-        errors: list[str] = []
-        if code:
-            lines = [ln for ln in stderr.decode(errors="replace").splitlines() if "ERROR" in ln or "Error" in ln]
-            errors = lines[-5:] or [f"pipetask exited with code {code}"]
         return JobResult(
             jobId=job_id,
             phase="completed" if code == 0 else "error",
             exit_code=code,
             output_collection=job.output,
             errors=errors,
-            seconds=seconds,
+            seconds=time.monotonic() - job.started,
         )

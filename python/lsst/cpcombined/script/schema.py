@@ -385,6 +385,8 @@ def validate_config(config: Mapping[str, Any] | None, instrument: str = "LATISS"
                 )
         except ValueError as err:
             problems.append(f"certify_calib_*_date: {err}")
+        if values["do_defects"] and not values["generate_calibrations"]:
+            problems.append("do_defects needs generate_calibrations: true (defects use the new dark and flat)")
         if not values["generate_calibrations"] and not values["do_verify"]:
             problems.append("generate_calibrations and do_verify are both false: nothing would be done")
         if values["script_mode"] == "DARK" and values["generate_calibrations"] and not values["input_collections_dark"]:
