@@ -119,6 +119,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
+import numba
 import numpy as np
 from astropy.table import Table
 
@@ -298,29 +299,52 @@ def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> 
         number kept and the number of finite input values.  Mean and std are
         ``NaN`` when fewer than 2 finite values remain.
     """
-    x = np.asarray(values, dtype=np.float64).ravel()
-    x = x[np.isfinite(x)]
-    n_total = int(x.size)
+    x = np.asarray(values)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    x = x.ravel()
+    # Moments of the finite values kept (numba, one pass, no copies).
+    n, mean, std = _window_moments(x, -math.inf, math.inf)
+    n_total = int(n)
     if n_total < 2:
-        mean = float(x[0]) if n_total == 1 else math.nan
-        return ClippedStats(mean, math.nan, n_total, n_total)
+        return ClippedStats(float(mean), math.nan, n_total, n_total)
     # The quartiles only seed the clipping, which then iterates on all the
     # values: a regular subsample of large arrays is enough (and 10x faster).
     sample = x if x.size <= _QUARTILE_SAMPLE else x[:: x.size // _QUARTILE_SAMPLE + 1]
-    q25, center, q75 = np.percentile(sample, [25.0, 50.0, 75.0])
+    sample = sample[np.isfinite(sample)]
+    q25, center, q75 = np.percentile(sample, [25.0, 50.0, 75.0]) if sample.size else (mean, mean, mean)
     sigma = _IQR_TO_SIGMA * (q75 - q25)
     if not sigma > 0:
-        sigma = float(np.std(x))
-    kept = x
+        sigma = std
     for _ in range(n_iter):
-        keep = np.abs(x - center) <= n_sigma * sigma
-        if np.count_nonzero(keep) < 2:
+        n_k, mean_k, std_k = _window_moments(x, center - n_sigma * sigma, center + n_sigma * sigma)
+        if n_k < 2:
             break
-        kept = x[keep]
-        center = float(kept.mean())
-        sigma = float(kept.std(ddof=1))
-    std = float(kept.std(ddof=1))
-    return ClippedStats(float(kept.mean()), std, int(kept.size), n_total)
+        n, mean, std = n_k, mean_k, std_k
+        center, sigma = mean, std
+    return ClippedStats(float(mean), float(std), int(n), n_total)
+
+
+@numba.njit(cache=True)
+def _window_moments(x, lo, hi):  # pragma: no cover - numba
+    """Number, mean and std (ddof=1) of the finite values in ``[lo, hi]``
+    (float64 accumulation)."""
+    n = 0
+    s = 0.0
+    for v in x:
+        if lo <= v <= hi and math.isfinite(v):
+            n += 1
+            s += v
+    if n == 0:
+        return 0, math.nan, math.nan
+    mean = s / n
+    ss = 0.0
+    for v in x:
+        if lo <= v <= hi and math.isfinite(v):
+            d = v - mean
+            ss += d * d
+    std = math.sqrt(ss / (n - 1)) if n > 1 else math.nan
+    return n, mean, std
 
 
 def read_noise_from_overscan(

@@ -164,8 +164,11 @@ class LocalPipelineService:
         Output collection of a job whose config has no ``-o``:
         ``<output_prefix>/<job id>`` (OCPS uses ``u/ocps``).
     max_jobs
-        Jobs running at once (more wait for a slot); default: the number
-        of CPUs, at most 2.
+        Jobs running at once (more wait for a slot); default: half the
+        CPUs (at least 1).  The numerical kernels already use every core,
+        so on a 2-core machine two concurrent jobs (plus acquisition) only
+        compete: measured 547 s for the full-size LATISS daily run with 2
+        jobs at once vs 456 s with 1.
     """
 
     def __init__(
@@ -181,7 +184,7 @@ class LocalPipelineService:
         self.repo = str(repo)
         self.mode = mode
         self.output_prefix = output_prefix
-        self.max_jobs = max_jobs or min(2, os.cpu_count() or 1)
+        self.max_jobs = max_jobs or max(1, (os.cpu_count() or 1) // 2)
         self._jobs: dict[str, _Job] = {}
         self._counter = itertools.count(1)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipetask")
