@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable
+from typing import Any
 
 import astropy.units as u
 from astro_metadata_translator import ObservationInfo
@@ -30,6 +31,8 @@ from lsst.daf.butler import (
     FileDataset,
     Timespan,
 )
+
+from lsst.daf.butler.registry import ConflictingDefinitionError
 
 from . import translators  # noqa: F401  (registers the translators)
 from .instrument import get_instrument
@@ -153,6 +156,11 @@ def _day_obs_record(butler: Butler, info: ObservationInfo) -> DimensionRecord:
     )
 
 
+def _float(value: Any) -> float | None:
+    """A plain Python float (database drivers reject numpy scalars)."""
+    return None if value is None else float(value)
+
+
 def _exposure_record(butler: Butler, info: ObservationInfo) -> DimensionRecord:
     radec = info.tracking_radec
     altaz = info.altaz_begin
@@ -161,8 +169,8 @@ def _exposure_record(butler: Butler, info: ObservationInfo) -> DimensionRecord:
         id=int(info.exposure_id),
         obs_id=info.observation_id,
         physical_filter=info.physical_filter,
-        exposure_time=info.exposure_time.to_value(u.s),
-        dark_time=info.dark_time.to_value(u.s) if info.dark_time is not None else None,
+        exposure_time=_float(info.exposure_time.to_value(u.s)),
+        dark_time=_float(info.dark_time.to_value(u.s)) if info.dark_time is not None else None,
         observation_type=info.observation_type,
         observation_reason=info.observation_reason,
         day_obs=int(info.observing_day),
@@ -172,11 +180,11 @@ def _exposure_record(butler: Butler, info: ObservationInfo) -> DimensionRecord:
         group=info.exposure_group,
         target_name=info.object,
         science_program=info.science_program,
-        tracking_ra=radec.ra.degree if radec is not None else None,
-        tracking_dec=radec.dec.degree if radec is not None else None,
-        sky_angle=info.boresight_rotation_angle.degree if info.boresight_rotation_angle is not None else None,
-        azimuth=altaz.az.degree if altaz is not None else None,
-        zenith_angle=altaz.zen.degree if altaz is not None else None,
+        tracking_ra=_float(radec.ra.degree) if radec is not None else None,
+        tracking_dec=_float(radec.dec.degree) if radec is not None else None,
+        sky_angle=_float(info.boresight_rotation_angle.degree) if info.boresight_rotation_angle is not None else None,
+        azimuth=_float(altaz.az.degree) if altaz is not None else None,
+        zenith_angle=_float(altaz.zen.degree) if altaz is not None else None,
         has_simulated=bool(info.has_simulated_content),
         can_see_sky=info.can_see_sky,
         timespan=Timespan(info.datetime_begin, info.datetime_end),
@@ -303,7 +311,7 @@ def ingest_raws(
                 )
                 try:
                     butler.registry.syncDimensionData("exposure", _exposure_record(butler, info.obs_info))
-                except Exception as err:
+                except ConflictingDefinitionError as err:
                     raise IngestError(
                         f"{info.path}: exposure {info.exposure} is already registered with different "
                         f"metadata ({err}); nothing was ingested"
