@@ -5,4 +5,18 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
+# The tests marked `postgres` start a throwaway PostgreSQL 15 server
+# (tests/conftest.py: postgres_url) from Debian's postgresql-15 package;
+# install it when it is missing.  Never fails the run: without the server
+# those tests are skipped with the reason.
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ] && command -v apt-get >/dev/null 2>&1; then
+    echo "run_tests: installing postgresql-15 (for the PostgreSQL registry tests)" >&2
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo -n"; fi
+    if ! { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+            && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                postgresql-15; } >/dev/null 2>&1; then
+        echo "run_tests: could not install postgresql-15; the PostgreSQL tests will be skipped" >&2
+    fi
+fi
 exec python -m pytest -n "${CPCOMBINED_TEST_WORKERS:-2}" "$@"
