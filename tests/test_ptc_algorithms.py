@@ -430,6 +430,16 @@ def test_parameters_at_bounds_are_flagged():
         assert "A00_AT_ZERO" in res.flags
     assert not res.bad, res.reason
     assert res.gain == pytest.approx(GAIN, rel=0.005)
+    # A noiseless amplifier (n00 = 0) on a ramp starting far above the
+    # read-noise floor: n00 goes to its lower bound 0.  A warning, the gain is
+    # still right; an n00 at its upper bound (2000 e-^2) makes the amp bad.
+    mu, c00 = analytic_points(rng, levels[5:], GAIN, 0.0, A00, npix, noise=False)
+    res = ptc.fit_ptc(mu, c00, np.full(mu.size, npix), nominal_gain=GAIN, max_gap_e=None)
+    assert "NOISE_AT_ZERO" in res.flags and not res.bad, res.reason
+    assert res.gain == pytest.approx(GAIN, rel=1e-3)
+    mu, c00 = analytic_points(rng, levels, GAIN, 60.0, A00, npix)
+    res = ptc.fit_ptc(mu, c00, np.full(mu.size, npix), nominal_gain=GAIN, max_gap_e=None)
+    assert res.bad and "NOISE_AT_BOUND" in res.flags, res.flags
 
 
 # ---------------------------------------------------------------------------

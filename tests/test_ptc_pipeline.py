@@ -283,9 +283,10 @@ def test_pipeline_with_an_odd_flat(small):
         assert not row["bad"], (row["amplifier"], row["reason"])
         assert small.odd not in row["exposure1"] and small.odd not in row["exposure2"]
         assert len(row["means"]) == len(SMALL_LEVELS) and np.all(row["kept"])
-        # 8 pairs of 5040 pixels: ~1 % gain errors; the estimate agrees with the truth within them.
+        # 8 pairs of 5040 pixels fitted for gain, a00 and n00: 2-3.5 % gain errors
+        # (measured over realisations); the estimate agrees with the truth within them.
         g = dt.gain[row["amplifier"]]
-        assert row["gain_err"] / g < 0.03
+        assert row["gain_err"] / g < 0.05
         assert abs(row["gain"] - g) < 5 * row["gain_err"], (row["amplifier"], row["gain"], g, row["gain_err"])
         assert np.isfinite(row["gain_quick"])
 

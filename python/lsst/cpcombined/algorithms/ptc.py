@@ -658,10 +658,11 @@ class PtcAmpResult:
         Its message.
     flags : `list` [`str`]
         Every condition found, e.g. ``"TOO_FEW_POINTS"``, ``"ALL_SATURATED"``,
-        ``"NOT_CONVERGED"``, ``"GAIN_AT_BOUND"``, ``"NOISE_AT_BOUND"``,
-        ``"A00_AT_LOWER_BOUND"``, ``"NOT_RISING"``, ``"NO_VALID_POINTS"``,
-        ``"NONFINITE_PARAMETERS"`` (these make the result bad) or
-        ``"A00_AT_ZERO"``, ``"HIGH_CHI2"``, ``"NO_DOF"`` (warnings only).
+        ``"NOT_CONVERGED"``, ``"GAIN_AT_BOUND"``, ``"NOISE_AT_BOUND"`` (upper
+        bound), ``"A00_AT_LOWER_BOUND"``, ``"NOT_RISING"``,
+        ``"NO_VALID_POINTS"``, ``"NONFINITE_PARAMETERS"`` (these make the
+        result bad) or ``"A00_AT_ZERO"``, ``"NOISE_AT_ZERO"``,
+        ``"HIGH_CHI2"``, ``"NO_DOF"`` (warnings only).
     bad : `bool`
         True when the fit must not be trusted (any flag of `BAD_FLAGS`).
     reason : `str`
@@ -1033,9 +1034,18 @@ def fit_ptc(
     if at_lo[1] or at_hi[1]:
         flags.append("GAIN_AT_BOUND")
         notes.append(f"gain {params[1]:.4g} at its bound [{lo[1]:g}, {hi[1]:g}]")
-    if at_lo[2] or at_hi[2]:
+    if at_hi[2]:
         flags.append("NOISE_AT_BOUND")
-        notes.append(f"n00 {params[2]:.4g} e-^2 at its bound [{lo[2]:g}, {hi[2]:g}]")
+        notes.append(f"n00 {params[2]:.4g} e-^2 at its upper bound {hi[2]:g}")
+    elif at_lo[2]:
+        # A ramp that starts well above the read-noise floor constrains n00
+        # only loosely; n00 = 0 is then a statistical outcome, not a failure
+        # of the gain fit.
+        flags.append("NOISE_AT_ZERO")
+        notes.append(
+            f"n00 at its lower bound {lo[2]:g} e-^2 (read noise not constrained by this ramp; "
+            "warning only, take the noise from the overscan)"
+        )
     if at_lo[0]:
         flags.append("A00_AT_LOWER_BOUND")
         notes.append(f"a00 {params[0]:.3g} at its lower bound {lo[0]:g}")

@@ -178,6 +178,10 @@ class SimulatedCamera:
         latest = max(records, key=lambda r: (r.day_obs, r.seq_num))
         return latest.day_obs, latest.seq_num, latest.timespan.end
 
+    def _n_exposures(self) -> int:
+        """Number of exposures of this instrument already in the repo."""
+        return len(list(self.butler.registry.queryDimensionRecords("exposure", instrument=self.instrument.name)))
+
     def _next_start(self) -> Time:
         if self._clock is None:
             now = Time.now().tai
@@ -208,9 +212,13 @@ class SimulatedCamera:
         exposure_time: float,
         dark_time: float,
         index: int | None,
-        exposure_id: int,
+        serial: int,
     ) -> str:
-        """Simulate one (exposure, detector) and write its raw file."""
+        """Simulate one (exposure, detector) and write its raw file.
+
+        ``serial`` is the exposure's rank among the repo's exposures of this
+        instrument; it seeds the frame's noise.
+        """
         amps = simulate_raw_amps(
             self.truth,
             detector,
@@ -218,7 +226,7 @@ class SimulatedCamera:
             exposure_time,
             dark_time,
             index,
-            self.truth.exposure_rng(exposure_id, detector),
+            self.truth.exposure_rng(serial, detector),
         )
         path = staging / hdr["FILENAME"]
         write_raw_file(path, hdr, amps, self.truth.layout, compress=self.truth.compress)
@@ -278,6 +286,10 @@ class SimulatedCamera:
         frames: list[tuple] = []
         exposure_ids: list[int] = []
         last_day, seq_num = None, 0
+        # Noise realisations are keyed by the exposure's rank in the repo, not
+        # by its id (which holds the date): the same truth and seed give the
+        # same pixels whatever day the simulation runs.
+        serial = self._n_exposures()
         try:
             for exptime in times:
                 begin = self._next_start()
@@ -308,8 +320,9 @@ class SimulatedCamera:
                         reason=reason,
                         seed=self.truth.seed,
                     )
-                    frames.append((hdr, det.id, exptime, dark_time, index, exposure_id))
+                    frames.append((hdr, det.id, exptime, dark_time, index, serial))
                 exposure_ids.append(exposure_id)
+                serial += 1
                 if not discard:
                     self._sequence[image_type] += 1
                 self._clock = begin + TimeDelta(

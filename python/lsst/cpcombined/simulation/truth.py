@@ -387,9 +387,13 @@ class SimulationTruth:
         tag_id = int.from_bytes(tag.encode()[:8].ljust(8, b"\0"), "little")
         return np.random.default_rng([self.seed, tag_id, *ids])
 
-    def exposure_rng(self, exposure_id: int, detector_id: int) -> np.random.Generator:
-        """Generator of the per-exposure noise of one (exposure, detector)."""
-        return np.random.default_rng([self.seed, 1, int(exposure_id), int(detector_id)])
+    def exposure_rng(self, serial: int, detector_id: int) -> np.random.Generator:
+        """Generator of the per-exposure noise of one (exposure, detector).
+
+        ``serial`` numbers the exposures of a repo (0, 1, ...), so that a
+        simulation is reproducible whatever day it runs on.
+        """
+        return np.random.default_rng([self.seed, 1, int(serial), int(detector_id)])
 
     # -- truth per detector -----------------------------------------------------
 
