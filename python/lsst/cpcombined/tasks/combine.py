@@ -30,6 +30,7 @@ from ..products import (
     write_input_provenance,
     write_percentiles,
 )
+from ._memory import collect_garbage_after
 
 _UNITS = {"bias": u.electron, "dark": u.electron / u.s, "flat": None}
 
@@ -132,6 +133,7 @@ class CpCombineTask(PipelineTask):
     _DefaultName = "cpCombine"
     config: CpCombineConfig
 
+    @collect_garbage_after
     def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
         inputs = butlerQC.get(inputRefs)
         data_id = butlerQC.quantum.dataId

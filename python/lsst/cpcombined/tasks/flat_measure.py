@@ -17,6 +17,7 @@ from ..algorithms.isr import amp_regions
 from ..algorithms.masks import BIT, bits
 from ..camera import AmpLayout
 from ..products import from_masked_image
+from ._memory import collect_garbage_after
 
 
 class CpFlatMeasureConnections(PipelineTaskConnections, dimensions=("instrument", "exposure", "detector")):
@@ -51,6 +52,7 @@ class CpFlatMeasureTask(PipelineTask):
     _DefaultName = "cpFlatMeasure"
     config: CpFlatMeasureConfig
 
+    @collect_garbage_after
     def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
         inputs = butlerQC.get(inputRefs)
         data_id = butlerQC.quantum.dataId

@@ -21,6 +21,7 @@ from ..errors import CpInputError
 from ..instrument import get_instrument
 from ..products import from_masked_image, get_inputs_caching_calibrations, to_masked_image
 from ..raw import RawImage
+from ._memory import collect_garbage_after
 
 
 class CpCalibrationConnections(PipelineTaskConnections, dimensions=("instrument", "exposure", "detector")):
@@ -155,6 +156,7 @@ class CpIsrTask(PipelineTask):
     _DefaultName = "cpIsr"
     config: CpIsrConfig
 
+    @collect_garbage_after
     def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
         inputs = get_inputs_caching_calibrations(butlerQC, inputRefs)
         data_id = butlerQC.quantum.dataId

@@ -30,6 +30,7 @@ from ..camera import AmpLayout
 from ..errors import CpInputError
 from ..instrument import get_instrument
 from ..products import calib_metadata, from_masked_image
+from ._memory import collect_garbage_after
 
 
 class CpMeasureDefectsConnections(PipelineTaskConnections, dimensions=("instrument", "detector")):
@@ -181,6 +182,7 @@ class CpMeasureDefectsTask(PipelineTask):
     _DefaultName = "cpMeasureDefects"
     config: CpMeasureDefectsConfig
 
+    @collect_garbage_after
     def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
         inputs = butlerQC.get(inputRefs)
         data_id = butlerQC.quantum.dataId

@@ -92,6 +92,7 @@ from ..instrument import get_instrument
 from ..products import calib_metadata, from_masked_image, to_masked_image
 from ..raw import RawImage
 from .isr import CpCalibrationConnections, CpIsrConfig, CpIsrTask
+from ._memory import collect_garbage_after
 
 
 class CpPtcExtractConnections(CpCalibrationConnections, dimensions=("instrument", "detector")):
@@ -304,6 +305,7 @@ class CpPtcExtractTask(PipelineTask):
         super().__init__(**kwargs)
         self.makeSubtask("isr")
 
+    @collect_garbage_after
     def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
         inputs = butlerQC.get(inputRefs)
         data_id = butlerQC.quantum.dataId

@@ -43,6 +43,7 @@ from ..instrument import get_instrument
 from ..products import from_masked_image, get_inputs_caching_calibrations
 from ..raw import RawImage
 from .isr import CpCalibrationConnections, CpIsrTask
+from ._memory import collect_garbage_after
 
 #: Calibration dataset types a verification ISR may look up.
 _CALIB_CONNECTIONS = ("bias", "dark", "flat", "defects")
@@ -254,6 +255,7 @@ class CpVerifyDetectorTask(PipelineTask):
         super().__init__(**kwargs)
         self.makeSubtask("isr")
 
+    @collect_garbage_after
     def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
         inputs = get_inputs_caching_calibrations(butlerQC, inputRefs)
         data_id = butlerQC.quantum.dataId
