@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="geometry_scale (1 = full size)")
     parser.add_argument("--keep", help="Keep the repository in this directory.")
     parser.add_argument("--mode", default="inprocess", help="execution.pipeline_mode")
+    parser.add_argument("--max-jobs", type=int, help="execution.max_jobs (pipeline jobs at once)")
     args = parser.parse_args()
     from lsst.cpcombined.script.runner import run_procedure
 
@@ -36,6 +37,8 @@ def main() -> None:
     config = yaml.safe_load((root / "config" / "examples" / "latiss_daily.yaml").read_text())
     config["simulation"]["geometry_scale"] = args.scale
     config["execution"] = {"pipeline_mode": args.mode}
+    if args.max_jobs:
+        config["execution"]["max_jobs"] = args.max_jobs
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-daily-", dir=os.environ.get("TMPDIR")))
     try:
         cfg_path = tmp / "config.yaml"

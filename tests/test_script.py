@@ -205,3 +205,31 @@ def test_ocps_result_shape():
     assert payload["jobId"] == "j1" and payload["phase"] == "error"
     assert JobResult.from_ocps(payload) == r
     assert not r.ok and JobResult.from_ocps({"jobId": "j2", "phase": "completed"}).ok
+
+
+@pytest.mark.parametrize(
+    "execution, message",
+    [
+        ({"pipeline_mode": "cloud"}, "pipeline_mode must be one of"),
+        ({"max_jobs": 0}, "max_jobs must be a positive integer"),
+        ({"max_jobs": "2"}, "max_jobs must be a positive integer"),
+        ({"threads": 2}, "unknown execution keys"),
+    ],
+)
+def test_run_config_rejects_bad_execution(tmp_path, execution, message):
+    import yaml
+
+    from lsst.cpcombined.script.runner import load_run_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"instrument": "LATISS", "script_mode": "BIAS", "execution": execution}))
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    assert message in str(err.value)
+
+
+def test_run_config_max_jobs_reaches_the_pipeline_service(tmp_path):
+    from lsst.cpcombined.script.runner import _pipeline_service
+
+    assert _pipeline_service(tmp_path, {"max_jobs": 3}).max_jobs == 3
+    assert _pipeline_service(tmp_path, {}).max_jobs >= 1

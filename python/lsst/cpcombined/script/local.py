@@ -164,11 +164,11 @@ class LocalPipelineService:
         Output collection of a job whose config has no ``-o``:
         ``<output_prefix>/<job id>`` (OCPS uses ``u/ocps``).
     max_jobs
-        Jobs running at once (more wait for a slot); default: half the
-        CPUs (at least 1).  The numerical kernels already use every core,
-        so on a 2-core machine two concurrent jobs (plus acquisition) only
-        compete: measured 547 s for the full-size LATISS daily run with 2
-        jobs at once vs 456 s with 1.
+        Jobs running at once (more wait for a slot); default: the number of
+        CPUs.  The numerical kernels use every core, but a job also spends
+        much of its time in I/O and the registry, so jobs overlap well:
+        the full-size LATISS daily run took 383 s with 2 jobs at once and
+        465 s with 1 on 2 cores (`benchmarks/bench_daily.py`).
     """
 
     def __init__(
@@ -184,7 +184,7 @@ class LocalPipelineService:
         self.repo = str(repo)
         self.mode = mode
         self.output_prefix = output_prefix
-        self.max_jobs = max_jobs or max(1, (os.cpu_count() or 1) // 2)
+        self.max_jobs = max_jobs or max(1, os.cpu_count() or 1)
         self._jobs: dict[str, _Job] = {}
         self._counter = itertools.count(1)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipetask")

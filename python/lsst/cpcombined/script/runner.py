@@ -43,7 +43,7 @@ from .state import StateStore, config_key
 
 _LOG = logging.getLogger("lsst.cpcombined.script")
 
-_EXECUTION_KEYS = {"pipeline_mode", "bps_config", "bps_submit_root", "bps_extra_config"}
+_EXECUTION_KEYS = {"pipeline_mode", "max_jobs", "bps_config", "bps_submit_root", "bps_extra_config"}
 _PIPELINE_MODES = ("inprocess", "subprocess", "bps")
 
 
@@ -85,6 +85,9 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
         raise ConfigError(
             f"{path}: execution.pipeline_mode must be one of {list(_PIPELINE_MODES)}, got {mode!r}"
         )
+    max_jobs = execution.get("max_jobs")
+    if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
+        raise ConfigError(f"{path}: execution.max_jobs must be a positive integer, got {max_jobs!r}")
     if "bps_extra_config" in execution and not isinstance(execution["bps_extra_config"], Mapping):
         raise ConfigError(f"{path}: execution.bps_extra_config must be a mapping")
     return RunConfig(instrument, doc, dict(simulation), dict(execution))
@@ -102,7 +105,7 @@ def _pipeline_service(repo: Path, execution: Mapping[str, Any]):
             submit_root=execution.get("bps_submit_root"),
             extra_config=dict(execution.get("bps_extra_config") or {}),
         )
-    return LocalPipelineService(repo, mode=mode)
+    return LocalPipelineService(repo, mode=mode, max_jobs=execution.get("max_jobs"))
 
 
 def _progress(msg: str) -> None:
