@@ -50,6 +50,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -360,21 +361,26 @@ def main() -> None:
     lines = []
     for mode in results:
         lines.append(f"{mode}: {total(mode):.1f} s for bias+dark+flat, per-quantum overhead {overhead(mode):.3f} s")
-    # Extrapolation to the daily counts on 9 detectors: quantum work scales with
-    # the number of exposures and detectors; bps adds its fixed per-workflow
-    # costs (quantum graph, init job, final job) and one start-up per job
-    # (one job per detector cluster), and runs `cores` jobs at a time.
+    # Extrapolation to the daily counts on 9 detectors: the measured wall time
+    # of each stage minus its fixed costs scales with the number of
+    # exposures (and detectors).  Fixed: in-process, the pipetask overhead
+    # outside the quanta (wall - quantum times: graph building, registry);
+    # bps, the per-workflow costs (quantum graph, init job, final job) and
+    # the job start-ups (one job per detector cluster, `cores` at a time).
+    # Scaling measured wall time (not summed quantum time divided by the
+    # cores) keeps the contention between concurrent jobs in the estimate.
     estimate = {"inprocess": float("nan"), "bps": float("nan")}
     det_scale = 9 / n_det
     for mode in results:
         est = 0.0
         for kind, st in results[mode]["stages"].items():
-            work = st["quanta_s"] * DAILY[kind] / n[kind] * det_scale
             if mode == "bps":
                 fixed = (st["qgraph_s"] or 0) + (st["init_s"] or 0) + (st["final_s"] or 0)
-                est += fixed + (work + st["jobs"] * det_scale * st["startup_s"]) / args.cores
+                fixed += st["jobs"] * (st["startup_s"] if math.isfinite(st["startup_s"]) else 0.0) / args.cores
             else:
-                est += work + (st["wall"] - st["quanta_s"])
+                fixed = st["wall"] - st["quanta_s"]
+            fixed = min(fixed, st["wall"])
+            est += fixed + (st["wall"] - fixed) * DAILY[kind] / n[kind] * det_scale
         estimate[mode] = est / 60.0
         lines.append(f"{mode} estimate for the daily counts {DAILY} on 9 detectors: {estimate[mode]:.1f} min")
     for line in lines:
