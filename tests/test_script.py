@@ -233,3 +233,29 @@ def test_run_config_max_jobs_reaches_the_pipeline_service(tmp_path):
 
     assert _pipeline_service(tmp_path, {"max_jobs": 3}).max_jobs == 3
     assert _pipeline_service(tmp_path, {}).max_jobs >= 1
+
+
+def test_local_service_kills_its_subprocess_when_the_procedure_stops(tmp_path, monkeypatch):
+    """A pipetask subprocess nobody waits for any more (the procedure failed
+    or ended) is killed, not left writing to the repository."""
+    from lsst.cpcombined.script import local
+
+    started = {}
+    real_exec = asyncio.create_subprocess_exec
+
+    async def fake_exec(*args, **kwargs):
+        started["proc"] = await real_exec("sleep", "60", **kwargs)
+        return started["proc"]
+
+    monkeypatch.setattr(local.asyncio, "create_subprocess_exec", fake_exec)
+    service = local.LocalPipelineService(tmp_path, mode="subprocess")
+
+    async def main():
+        await service.execute("pipeline.yaml", "", "-i LATISS/raw/all -o out", "instrument='LATISS'")
+        await asyncio.sleep(0.5)  # the job runs; the procedure stops here
+
+    t0 = time.monotonic()
+    asyncio.run(main())  # cancels the job's task at shutdown
+    proc = started["proc"]
+    assert proc.returncode is not None and proc.returncode < 0  # killed
+    assert time.monotonic() - t0 < 10

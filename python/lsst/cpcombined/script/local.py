@@ -250,8 +250,22 @@ class LocalPipelineService:
                 stderr=asyncio.subprocess.PIPE,
                 preexec_fn=_die_with_parent,
             )
-            _, stderr = await job.process.communicate()
-            code = job.process.returncode or 0
+            try:
+                _, stderr = await job.process.communicate()
+                code = job.process.returncode or 0
+            except asyncio.CancelledError:
+                # The procedure stopped (a failure elsewhere, or its end): a
+                # job nobody waits for must not go on writing to the repo.
+                if job.process.returncode is None:
+                    _LOG.warning("Killing the pipetask job writing %s (pid %d): its procedure stopped.", job.output, job.process.pid)
+                    job.process.kill()
+                    await job.process.wait()
+                raise
+            finally:
+                # Drop the process (and its transport) while the event loop
+                # still runs: a transport collected after the loop closed
+                # raises "Event loop is closed" in its __del__.
+                job.process = None
             errors: list[str] = []
             if code:
                 lines = stderr.decode(errors="replace").splitlines()
