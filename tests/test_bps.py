@@ -237,6 +237,29 @@ def test_submission_from_ocps_config(tmp_path):
         service.build_submission("p.yaml", "-i A -b other", "q", "job3")
 
 
+def test_stopped_procedure_kills_its_workflow(tmp_path):
+    """A workflow whose waiter is cancelled (the procedure stopped) is killed
+    with its whole process group, not left writing to the repository."""
+    fake_bps = tmp_path / "bps"
+    fake_bps.write_text("#!/bin/sh\nsleep 60 &\nwait\n")  # a "workflow" with a child process
+    fake_bps.chmod(0o755)
+    service = BpsPipelineService(tmp_path / "repo", submit_root=tmp_path / "submit", bps_command=str(fake_bps))
+
+    async def go():
+        job = await service.execute("p.yaml", "", "-i A -o out", "q")
+        waiter = asyncio.ensure_future(service.wait_result(job, 600))
+        await asyncio.sleep(0.5)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        return service._jobs[job].process
+
+    proc = _run(go())
+    assert proc.returncode is not None and proc.returncode < 0  # killed
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)
+
+
 def test_bps_environment_for_pip_install():
     env = bps_environment({"PATH": "/usr/bin"})
     for var in ("CPCOMBINED_DIR", "CTRL_MPEXEC_DIR", "CTRL_BPS_DIR", "CTRL_BPS_PARSL_DIR", "DAF_BUTLER_DIR"):

@@ -440,6 +440,14 @@ class BpsPipelineService:
             return job.result
         try:
             await asyncio.wait_for(asyncio.shield(job.process.wait()), timeout)
+        except asyncio.CancelledError:
+            # The procedure stopped (a failure elsewhere, or its end): a
+            # workflow nobody waits for must not go on writing to the repo.
+            if job.process.returncode is None:
+                _LOG.warning("Killing the bps workflow writing %s: its procedure stopped.", job.output)
+                self._kill(job)
+                await job.process.wait()
+            raise
         except TimeoutError:
             await asyncio.to_thread(self._kill, job)
             await job.process.wait()
