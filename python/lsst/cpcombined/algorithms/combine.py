@@ -65,10 +65,12 @@ __all__ = (
     "CombineResult",
     "NpyFileSource",
     "SourceBlock",
+    "as_rows",
     "choose_block_rows",
     "clipped_mean",
     "clipped_stats",
     "combine",
+    "window_moments",
     "write_npy_source",
 )
 
@@ -948,6 +950,51 @@ def _masked_moments(image, mask, use_mask, bad_bits, lo, hi, centre):
 # ---------------------------------------------------------------------------
 
 
+def as_rows(values: np.ndarray) -> np.ndarray:
+    """``values`` as a 2-d array of rows (a view when possible): 1-d as one
+    row, more dimensions folded into rows of the last axis."""
+    values = np.asarray(values)
+    if values.ndim == 2:
+        return values
+    return values.reshape(1, -1) if values.ndim < 2 else values.reshape(-1, values.shape[-1])
+
+
+_NO_MASK = np.zeros((1, 1), np.uint8)
+
+
+def window_moments(
+    values: np.ndarray,
+    lo: float,
+    hi: float,
+    centre: float,
+    mask: np.ndarray | None = None,
+    bad_bits: int = 0,
+) -> tuple[int, float, float]:
+    """Count, mean and population variance of the good values in ``[lo, hi]``.
+
+    Good: finite and, with ``mask`` (uint8, same shape), none of
+    ``bad_bits`` set.  One parallel pass over the rows (numba), accumulated
+    in float64 as deviations from ``centre``: pass a centre close to the
+    mean (e.g. a previous estimate) so that the variance suffers no
+    cancellation.
+
+    Returns
+    -------
+    n : `int`
+        Number of good values in the window.
+    mean, variance : `float`
+        Their mean and population variance (``ddof=0``); NaN when ``n`` is 0.
+    """
+    image = as_rows(values)
+    m = _NO_MASK if mask is None else mask
+    acc = _masked_moments(image, m, mask is not None, int(bad_bits), lo, hi, centre).sum(axis=0)
+    n = int(acc[0])
+    if n == 0:
+        return 0, math.nan, math.nan
+    d = acc[1] / n
+    return n, centre + d, max(acc[2] / n - d * d, 0.0)
+
+
 def clipped_stats(
     image: np.ndarray,
     mask: np.ndarray | None = None,
@@ -986,24 +1033,11 @@ def clipped_stats(
     n : `int`
         Number of values kept.
     """
-    image = np.asarray(image)
-    if image.ndim != 2:
-        image = image.reshape(1, -1) if image.ndim < 2 else image.reshape(-1, image.shape[-1])
-    use_mask = mask is not None
-    if use_mask:
-        m = np.asarray(mask, dtype=np.uint8).reshape(image.shape)
-    else:
-        m = np.zeros((1, 1), np.uint8)
+    image = as_rows(image)
+    m = None if mask is None else np.asarray(mask, dtype=np.uint8).reshape(image.shape)
 
     def moments(lo: float, hi: float, centre: float) -> tuple[int, float, float]:
-        """Count, mean and population variance of the good values in
-        ``[lo, hi]``, accumulated as deviations from ``centre``."""
-        acc = _masked_moments(image, m, use_mask, int(bad_bits), lo, hi, centre).sum(axis=0)
-        n = int(acc[0])
-        if n == 0:
-            return 0, math.nan, math.nan
-        d = acc[1] / n
-        return n, centre + d, max(acc[2] / n - d * d, 0.0)
+        return window_moments(image, lo, hi, centre, m, bad_bits)
 
     lo, hi = -math.inf, math.inf
     n, mean, _ = moments(lo, hi, 0.0)

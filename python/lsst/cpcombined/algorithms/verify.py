@@ -119,11 +119,11 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
-import numba
 import numpy as np
 from astropy.table import Table
 
 from . import masks
+from .combine import as_rows, window_moments
 
 #: Calibration types that can be verified.
 CALIB_TYPES: tuple[str, ...] = ("bias", "dark", "flat")
@@ -302,49 +302,34 @@ def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> 
     x = np.asarray(values)
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
-    x = x.ravel()
-    # Moments of the finite values kept (numba, one pass, no copies).
-    n, mean, std = _window_moments(x, -math.inf, math.inf)
-    n_total = int(n)
+    rows = as_rows(x)  # the moments run on the rows in place (numba, no copies)
+
+    def moments(lo: float, hi: float, centre: float) -> tuple[int, float, float]:
+        """Count, mean and std (``ddof=1``) of the finite values in ``[lo, hi]``."""
+        n, mean, var = window_moments(rows, lo, hi, centre)
+        return n, mean, math.sqrt(var * n / (n - 1)) if n > 1 else math.nan
+
+    n, mean, _ = moments(-math.inf, math.inf, 0.0)
+    n_total = n
     if n_total < 2:
         return ClippedStats(float(mean), math.nan, n_total, n_total)
+    n, mean, std = moments(-math.inf, math.inf, mean)  # centred on the mean: no cancellation
     # The quartiles only seed the clipping, which then iterates on all the
     # values: a regular subsample of large arrays is enough (and 10x faster).
-    sample = x if x.size <= _QUARTILE_SAMPLE else x[:: x.size // _QUARTILE_SAMPLE + 1]
+    flat = x.ravel()
+    sample = flat if flat.size <= _QUARTILE_SAMPLE else flat[:: flat.size // _QUARTILE_SAMPLE + 1]
     sample = sample[np.isfinite(sample)]
     q25, center, q75 = np.percentile(sample, [25.0, 50.0, 75.0]) if sample.size else (mean, mean, mean)
     sigma = _IQR_TO_SIGMA * (q75 - q25)
     if not sigma > 0:
         sigma = std
     for _ in range(n_iter):
-        n_k, mean_k, std_k = _window_moments(x, center - n_sigma * sigma, center + n_sigma * sigma)
+        n_k, mean_k, std_k = moments(center - n_sigma * sigma, center + n_sigma * sigma, center)
         if n_k < 2:
             break
         n, mean, std = n_k, mean_k, std_k
         center, sigma = mean, std
     return ClippedStats(float(mean), float(std), int(n), n_total)
-
-
-@numba.njit(cache=True)
-def _window_moments(x, lo, hi):  # pragma: no cover - numba
-    """Number, mean and std (ddof=1) of the finite values in ``[lo, hi]``
-    (float64 accumulation)."""
-    n = 0
-    s = 0.0
-    for v in x:
-        if lo <= v <= hi and math.isfinite(v):
-            n += 1
-            s += v
-    if n == 0:
-        return 0, math.nan, math.nan
-    mean = s / n
-    ss = 0.0
-    for v in x:
-        if lo <= v <= hi and math.isfinite(v):
-            d = v - mean
-            ss += d * d
-    std = math.sqrt(ss / (n - 1)) if n > 1 else math.nan
-    return n, mean, std
 
 
 def read_noise_from_overscan(
