@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ("CpCalibrationConnections", "CpIsrConfig", "CpIsrConnections", "CpIsrTask")
+__all__ = ("CALIBRATION_FLAGS", "CpCalibrationConnections", "CpIsrConfig", "CpIsrConnections", "CpIsrTask")
 
 import math
 from typing import Any
@@ -22,6 +22,10 @@ from ..instrument import get_instrument
 from ..products import from_masked_image, get_inputs_caching_calibrations, to_masked_image
 from ..raw import RawImage
 from ._memory import collect_garbage_after
+
+
+#: Calibration connections an ISR may use, with the `CpIsrConfig` flag that applies each.
+CALIBRATION_FLAGS = {"bias": "doBias", "dark": "doDark", "flat": "doFlat", "defects": "doDefects"}
 
 
 class CpCalibrationConnections(PipelineTaskConnections, dimensions=("instrument", "exposure", "detector")):
@@ -62,7 +66,7 @@ class CpCalibrationConnections(PipelineTaskConnections, dimensions=("instrument"
 
     def remove_unused_calibrations(self, isr_config: CpIsrConfig) -> None:
         """Drop the calibration connections ``isr_config`` does not apply."""
-        for name, flag in (("bias", "doBias"), ("dark", "doDark"), ("flat", "doFlat"), ("defects", "doDefects")):
+        for name, flag in CALIBRATION_FLAGS.items():
             if not getattr(isr_config, flag) and name in self.prerequisiteInputs:
                 delattr(self, name)
 

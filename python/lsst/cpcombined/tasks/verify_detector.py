@@ -42,12 +42,8 @@ from ..errors import CpInputError
 from ..instrument import get_instrument
 from ..products import from_masked_image, get_inputs_caching_calibrations
 from ..raw import RawImage
-from .isr import CpCalibrationConnections, CpIsrTask
+from .isr import CALIBRATION_FLAGS, CpCalibrationConnections, CpIsrTask
 from ._memory import collect_garbage_after
-
-#: Calibration dataset types a verification ISR may look up.
-_CALIB_CONNECTIONS = ("bias", "dark", "flat", "defects")
-
 
 class CpVerifyDetectorConnections(
     CpCalibrationConnections,
@@ -260,7 +256,7 @@ class CpVerifyDetectorTask(PipelineTask):
         inputs = get_inputs_caching_calibrations(butlerQC, inputRefs)
         data_id = butlerQC.quantum.dataId
         calibrations = {}
-        for name in _CALIB_CONNECTIONS:
+        for name in CALIBRATION_FLAGS:
             record = _ref_record(getattr(inputRefs, name, None))
             if record is not None:
                 calibrations[name] = record
