@@ -11,7 +11,7 @@ script states) and drives the whole daily job through three protocols
    (``verify<Type>``: internal when generated, external otherwise), read the
    majority decision, and certify a passing calibration once everything it
    depends on is certified; the next acquisition overlaps all of this, and
-   up to two pipeline jobs run at once;
+   the pipeline service runs as many jobs at once as it allows;
 3. PTC (whose extraction also gives the gain from flat pairs) and defects,
    certified directly once their inputs' calibrations are.
 
@@ -321,7 +321,7 @@ class MakeCalibrationsCore:
         the next acquisition overlap; every certification waits for the
         certification of what it depends on, so a rejected calibration stops
         everything that needed it from being certified."""
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks = {}
         try:
             for image_type in cfg.image_types:
                 await self.checkpoint(f"take_{image_type}")

@@ -257,7 +257,11 @@ class LocalPipelineService:
                 # The procedure stopped (a failure elsewhere, or its end): a
                 # job nobody waits for must not go on writing to the repo.
                 if job.process.returncode is None:
-                    _LOG.warning("Killing the pipetask job writing %s (pid %d): its procedure stopped.", job.output, job.process.pid)
+                    _LOG.warning(
+                        "Killing the pipetask job writing %s (pid %d): its procedure stopped.",
+                        job.output,
+                        job.process.pid,
+                    )
                     job.process.kill()
                     await job.process.wait()
                 raise

@@ -180,7 +180,8 @@ class SimulatedCamera:
 
     def _n_exposures(self) -> int:
         """Number of exposures of this instrument already in the repo."""
-        return len(list(self.butler.registry.queryDimensionRecords("exposure", instrument=self.instrument.name)))
+        records = self.butler.registry.queryDimensionRecords("exposure", instrument=self.instrument.name)
+        return len(list(records))
 
     def _next_start(self) -> Time:
         if self._clock is None:
