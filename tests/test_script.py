@@ -259,3 +259,38 @@ def test_local_service_kills_its_subprocess_when_the_procedure_stops(tmp_path, m
     proc = started["proc"]
     assert proc.returncode is not None and proc.returncode < 0  # killed
     assert time.monotonic() - t0 < 10
+
+
+def test_local_service_runs_overflow_jobs_in_a_reused_warm_worker(tmp_path):
+    """In-process mode: a job submitted while another runs goes to a warm
+    worker process, which is reused by the next job and reports pipetask's
+    error like the in-process path; a killed worker reports that it died."""
+    from lsst.cpcombined.script import local
+    from lsst.cpcombined.script.worker import WarmWorker, WorkerDied
+
+    service = local.LocalPipelineService(tmp_path / "no-repo", mode="inprocess", max_jobs=2)
+    config = "-i LATISS/raw/all -o out"
+
+    async def main():
+        ids = [await service.execute("pipeline.yaml", "", config, "instrument='LATISS'") for _ in range(2)]
+        results = [await service.wait_result(i, 120) for i in ids]
+        assert len(service._idle_workers) == 1
+        pid = service._idle_workers[0].pid
+        ids = [await service.execute("pipeline.yaml", "", config, "instrument='LATISS'") for _ in range(2)]
+        results += [await service.wait_result(i, 120) for i in ids]
+        assert [w.pid for w in service._idle_workers] == [pid]  # reused, not restarted
+        return results
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        service.close()
+    assert all(r.phase == "error" and r.exit_code != 0 for r in results)
+    # The worker's failure names the cause just as the in-process one does.
+    assert len(results) == 4 and all("pipeline.yaml" in r.errors[0] for r in results), results
+
+    worker = WarmWorker()
+    worker.kill()
+    assert not worker.alive
+    with pytest.raises(WorkerDied, match="ended"):
+        worker.run(["--help"])

@@ -26,6 +26,7 @@ from ..pipetask import run_pipetask
 from ..simulation import SimulationTruth
 from ..simulation.camera import READOUT_SECONDS, SimulatedCamera
 from .protocols import JobResult
+from .worker import WarmWorker, WorkerDied
 
 _LOG = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class _Job:
     started: float
     future: asyncio.Future | None = None
     process: asyncio.subprocess.Process | None = None
+    worker: WarmWorker | None = None
 
 
 class LocalPipelineService:
@@ -157,9 +159,11 @@ class LocalPipelineService:
     mode
         ``inprocess``: the real pipetask code runs in this process (quanta
         in this process, ``-j`` ignored, no interpreter start-up); a job
-        submitted while another runs in-process gets a ``pipetask``
-        subprocess.  ``subprocess``: every job is a ``pipetask`` process
-        (``-j`` honoured).  Subprocesses are killed on timeout.
+        submitted while another runs in-process goes to a warm worker
+        process (`WarmWorker`: imports done ahead of time, reused from job
+        to job).  ``subprocess``: every job is a new ``pipetask`` process
+        (``-j`` honoured).  Subprocesses and workers are killed on timeout
+        and when their procedure stops.
     output_prefix
         Output collection of a job whose config has no ``-o``:
         ``<output_prefix>/<job id>`` (OCPS uses ``u/ocps``).
@@ -190,6 +194,8 @@ class LocalPipelineService:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipetask")
         self._slots: asyncio.Semaphore | None = None
         self._inprocess_busy = False
+        self._idle_workers: list[WarmWorker] = []
+        self._worker_threads: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _job_id(self) -> str:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
@@ -224,6 +230,9 @@ class LocalPipelineService:
         _LOG.info("Job %s: pipetask %s", job_id, " ".join(shlex.quote(a) for a in args))
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_jobs)
+            if self.mode == "inprocess" and self.max_jobs > 1:
+                # Warm up a worker while the first job runs in this process.
+                self._idle_workers.append(WarmWorker())
         job = _Job(output=output, started=time.monotonic())
         job.future = asyncio.ensure_future(self._run(job, args))
         self._jobs[job_id] = job
@@ -241,6 +250,8 @@ class LocalPipelineService:
                 finally:
                     self._inprocess_busy = False
                 return res.exit_code, ([res.error_summary()] if not res.ok else [])
+            if self.mode == "inprocess":
+                return await self._run_in_worker(job, args)
             job.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
@@ -276,6 +287,37 @@ class LocalPipelineService:
                 errors = [ln for ln in lines if "Error" in ln or "ERROR" in ln][-5:] or [f"pipetask exited with code {code}"]
             return code, errors
 
+    async def _run_in_worker(self, job: _Job, args: list[str]) -> tuple[int, list[str]]:
+        """Run a job in an idle warm worker (a new one if none is idle)."""
+        while self._idle_workers and not self._idle_workers[-1].alive:
+            self._idle_workers.pop()
+        worker = self._idle_workers.pop() if self._idle_workers else WarmWorker()
+        if self._worker_threads is None:
+            self._worker_threads = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.max_jobs, thread_name_prefix="pipetask-worker"
+            )
+        job.worker = worker
+        try:
+            code, errors = await asyncio.get_running_loop().run_in_executor(self._worker_threads, worker.run, args)
+        except WorkerDied as err:
+            return -1, [str(err)]
+        except asyncio.CancelledError:
+            _LOG.warning("Killing the pipetask worker writing %s (pid %s): its procedure stopped.", job.output, worker.pid)
+            worker.kill()
+            raise
+        finally:
+            job.worker = None
+        self._idle_workers.append(worker)
+        return code, errors
+
+    def close(self) -> None:
+        """Stop the idle worker processes (running jobs are not waited for)."""
+        while self._idle_workers:
+            self._idle_workers.pop().close()
+        if self._worker_threads is not None:
+            self._worker_threads.shutdown(wait=False, cancel_futures=True)
+            self._worker_threads = None
+
     async def wait_result(self, job_id: str, timeout: float) -> JobResult:
         job = self._jobs[job_id]
         assert job.future is not None
@@ -284,6 +326,8 @@ class LocalPipelineService:
         except TimeoutError:
             if job.process is not None and job.process.returncode is None:
                 job.process.kill()
+            if job.worker is not None:
+                job.worker.kill()
             return JobResult(
                 jobId=job_id,
                 phase="aborted",

@@ -150,11 +150,12 @@ def run_procedure(
         create_repo(repo)
     key = config_key(run_cfg.instrument, script_cfg, run_cfg.simulation)
     store = StateStore(repo / "cpcombined" / "state" / f"{key}.json")
+    pipelines = _pipeline_service(repo, run_cfg.execution)
     core = MakeCalibrationsCore(
         run_cfg.instrument,
         camera=LocalSimulatedCamera(repo, truth, list(cfg.detectors), cfg.wait_between_exposures),
         raw_waiter=ButlerRawWaiter(repo, run_cfg.instrument),
-        pipelines=_pipeline_service(repo, run_cfg.execution),
+        pipelines=pipelines,
         state_store=store,
         progress=_progress,
     )
@@ -172,6 +173,9 @@ def run_procedure(
     except ProcedureError:
         summary = core.summary
         exit_code = 1
+    finally:
+        if hasattr(pipelines, "close"):
+            pipelines.close()
     if not summary.success:
         exit_code = 1
     if summary_json:

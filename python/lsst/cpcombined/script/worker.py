@@ -1,0 +1,113 @@
+"""Warm pipetask worker processes for the local pipeline service.
+
+A ``pipetask`` subprocess spends ~5-6 s of CPU importing the middleware,
+astropy, scipy and the numba kernels before it runs its first quantum.  When
+the local service runs several jobs at once, each job beyond the in-process
+one used to pay that again; a `WarmWorker` pays it once, ahead of time, and
+then runs jobs one after another (each job still gets its own ``pipetask``
+invocation, butler and quantum graph; only the interpreter is reused).
+"""
+
+from __future__ import annotations
+
+__all__ = ("WarmWorker", "WorkerDied")
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+from collections.abc import Sequence
+
+_LOG = logging.getLogger(__name__)
+
+#: Modules a worker imports before its first job.
+_WARM_IMPORTS = (
+    "lsst.ctrl.mpexec.cli.pipetask",
+    "lsst.cpcombined.tasks.isr",
+    "lsst.cpcombined.tasks.combine",
+    "lsst.cpcombined.tasks.verify_detector",
+    "lsst.cpcombined.tasks.ptc_extract",
+)
+
+
+class WorkerDied(RuntimeError):
+    """The worker process ended while running a job (killed or crashed)."""
+
+
+def _worker_loop(conn: multiprocessing.connection.Connection) -> None:  # pragma: no cover - child process
+    """Body of a worker process: import, then run ``pipetask`` argument
+    lists received on ``conn`` until it is closed."""
+    import importlib
+
+    from .local import _die_with_parent
+
+    _die_with_parent()
+    for name in _WARM_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a job that needs it reports the error itself
+            pass
+    from ..pipetask import run_pipetask
+
+    while True:
+        try:
+            args = conn.recv()
+        except (EOFError, OSError):
+            return
+        res = run_pipetask(args)
+        conn.send((res.exit_code, [] if res.ok else [res.error_summary()]))
+
+
+class WarmWorker:
+    """A pipetask worker process (started at once, imports in the background).
+
+    Jobs run one at a time: `run` blocks until the job ends, so call it from
+    a thread.  `kill` ends the process (and a job it runs); a killed or
+    crashed worker is not reused.
+    """
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_loop, args=(child,), daemon=True, name="cpcombined-pipetask")
+        self.process.start()
+        child.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def run(self, args: Sequence[str]) -> tuple[int, list[str]]:
+        """Run one ``pipetask`` job; return ``(exit code, errors)``.
+
+        Raises
+        ------
+        WorkerDied
+            If the process ended before answering.
+        """
+        try:
+            self._conn.send(list(args))
+            return self._conn.recv()
+        except (EOFError, OSError, BrokenPipeError) as err:
+            self.process.join(timeout=5)
+            raise WorkerDied(
+                f"pipetask worker process {self.pid} ended (exit code {self.process.exitcode})"
+            ) from err
+
+    def kill(self) -> None:
+        """End the process now."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=10)
+        self._conn.close()
+
+    def close(self) -> None:
+        """Let an idle worker exit (closing its pipe ends its loop)."""
+        self._conn.close()
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=10)
