@@ -161,7 +161,10 @@ class LocalPipelineService:
         in this process, ``-j`` ignored, no interpreter start-up); a job
         submitted while another runs in-process goes to a warm worker
         process (`WarmWorker`: imports done ahead of time, reused from job
-        to job).  ``subprocess``: every job is a new ``pipetask`` process
+        to job).  ``workers``: every job runs in a warm worker (the main
+        process only acquires and orchestrates, so simulated acquisition
+        never shares its interpreter with a pipeline).  ``subprocess``:
+        every job is a new ``pipetask`` process
         (``-j`` honoured).  Subprocesses and workers are killed on timeout
         and when their procedure stops.
     output_prefix
@@ -183,8 +186,8 @@ class LocalPipelineService:
         output_prefix: str = "u/ocps",
         max_jobs: int | None = None,
     ) -> None:
-        if mode not in ("inprocess", "subprocess"):
-            raise ValueError(f"mode must be 'inprocess' or 'subprocess', got {mode!r}")
+        if mode not in ("inprocess", "workers", "subprocess"):
+            raise ValueError(f"mode must be 'inprocess', 'workers' or 'subprocess', got {mode!r}")
         self.repo = str(repo)
         self.mode = mode
         self.output_prefix = output_prefix
@@ -212,7 +215,7 @@ class LocalPipelineService:
                 output = next(it)
             elif tok.startswith("--output="):
                 output = tok.split("=", 1)[1]
-            elif tok in ("-j", "--processes") and self.mode == "inprocess":
+            elif tok in ("-j", "--processes") and self.mode != "subprocess":
                 next(it)
             elif tok in ("-b", "--butler-config", "-p", "--pipeline", "-d", "--data-query"):
                 raise ValueError(f"job config may not set {tok}: the service sets it")
@@ -230,9 +233,9 @@ class LocalPipelineService:
         _LOG.info("Job %s: pipetask %s", job_id, " ".join(shlex.quote(a) for a in args))
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_jobs)
-            if self.mode == "inprocess" and self.max_jobs > 1:
-                # Warm up a worker while the first job runs in this process.
-                self._idle_workers.append(WarmWorker())
+            # Warm up workers while the first job starts.
+            n_warm = {"inprocess": self.max_jobs - 1, "workers": self.max_jobs}.get(self.mode, 0)
+            self._idle_workers.extend(WarmWorker() for _ in range(n_warm))
         job = _Job(output=output, started=time.monotonic())
         job.future = asyncio.ensure_future(self._run(job, args))
         self._jobs[job_id] = job
@@ -250,7 +253,7 @@ class LocalPipelineService:
                 finally:
                     self._inprocess_busy = False
                 return res.exit_code, ([res.error_summary()] if not res.ok else [])
-            if self.mode == "inprocess":
+            if self.mode != "subprocess":
                 return await self._run_in_worker(job, args)
             job.process = await asyncio.create_subprocess_exec(
                 sys.executable,

@@ -7,8 +7,10 @@ A run configuration is the script configuration (SPEC §7 keys) plus:
 ``simulation``
     Truth of the simulated camera (see `lsst.cpcombined.simulation.truth`).
 ``execution``
-    ``pipeline_mode``: ``inprocess`` (default), ``subprocess`` or ``bps``
-    (each pipeline job is a ``bps submit`` workflow, see
+    ``pipeline_mode``: ``inprocess`` (default: one job in this process,
+    the others in warm worker processes), ``workers`` (every job in a warm
+    worker process), ``subprocess`` (a new ``pipetask`` process per job)
+    or ``bps`` (each pipeline job is a ``bps submit`` workflow, see
     `lsst.cpcombined.script.bps`).  With ``bps``: ``bps_config``, the
     BPS site configuration to include (default
     ``$CPCOMBINED_DIR/config/bps/local_parsl.yaml``); ``bps_submit_root``,
@@ -44,7 +46,7 @@ from .state import StateStore, config_key
 _LOG = logging.getLogger("lsst.cpcombined.script")
 
 _EXECUTION_KEYS = {"pipeline_mode", "max_jobs", "bps_config", "bps_submit_root", "bps_extra_config"}
-_PIPELINE_MODES = ("inprocess", "subprocess", "bps")
+_PIPELINE_MODES = ("inprocess", "workers", "subprocess", "bps")
 
 
 @dataclasses.dataclass
