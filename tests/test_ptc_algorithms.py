@@ -180,20 +180,115 @@ def direct_covariance(image, weight, dx, dy):
     return np.mean(a * b) - np.mean(a) * np.mean(b), both.sum()
 
 
-def test_fft_covariance_matches_direct():
+@pytest.mark.parametrize("sparse", [False, True], ids=["fft-weights", "zero-weight-sums"])
+@pytest.mark.parametrize(
+    "shape, bad_fraction, dtype, max_lag",
+    [
+        ((47, 61), 0.15, float, 10),
+        ((60, 30), 0.01, bool, 10),
+        ((33, 40), 0.03, bool, 3),
+        ((20, 25), 0.0, bool, 2),
+    ],
+)
+def test_fft_covariance_matches_direct(monkeypatch, sparse, shape, bad_fraction, dtype, max_lag):
+    # Both ways of getting the sums involving the weights (FFT of w, or the
+    # border sums and the pixels of zero weight) are forced in turn.
+    monkeypatch.setattr(ptc, "_SPARSE_WORK_PER_PIXEL", math.inf if sparse else -1.0)
     rng = np.random.default_rng(5)
-    image = rng.normal(3.0, 2.0, (47, 61))
-    weight = (rng.random(image.shape) > 0.15).astype(float)
+    image = rng.normal(3.0, 2.0, shape)
+    weight = (rng.random(image.shape) > bad_fraction).astype(dtype)
     image[weight == 0] = 1e6  # masked values must not matter
-    cov, npairs = ptc.covariances_fft(image, weight, max_lag=10)
-    for i in range(11):
-        for j in range(11):
+    cov, npairs = ptc.covariances_fft(image, weight, max_lag=max_lag)
+    for i in range(max_lag + 1):
+        for j in range(max_lag + 1):
             c1, n1 = direct_covariance(image, weight, i, j)
             if i and j:
                 c2, n2 = direct_covariance(image, weight, i, -j)
                 c1, n1 = 0.5 * (c1 + c2), n1 + n2
             assert cov[i, j] == pytest.approx(c1, abs=1e-10), (i, j)
             assert npairs[i, j] == n1
+
+
+def reference_clipped_stats(values, n_sigma=5.5, n_iter=3):
+    """The plain clipping: quartiles of all the values, boolean selections."""
+    x = np.asarray(values, dtype=np.float64)
+    keep = np.ones(x.shape, dtype=bool)
+    q25, center, q75 = np.percentile(x, [25.0, 50.0, 75.0])
+    sigma = 0.7413 * (q75 - q25)
+    for _ in range(n_iter):
+        new_keep = np.abs(x - center) <= n_sigma * sigma
+        changed = not np.array_equal(new_keep, keep)
+        keep = new_keep
+        center, sigma = float(np.mean(x[keep])), float(np.std(x[keep]))
+        if not changed:
+            break
+    return float(np.mean(x[keep])), float(np.var(x[keep])), keep
+
+
+def test_clipped_stats_subsampled_quartiles():
+    # 400k values: the quartiles seeding the clipping come from a regular
+    # subsample of 100k.  Those agree with the full ones to ~0.01 sigma, and
+    # after the clipping passes the kept set is the one the full quartiles
+    # give (mean and variance to rounding).
+    rng = np.random.default_rng(8)
+    x = rng.normal(1000.0, 30.0, 400_000)
+    hits = rng.integers(0, x.size, 2000)
+    x[hits] += rng.uniform(100.0, 3000.0, hits.size)
+    sample = ptc._quartile_seed(x, None)
+    assert sample.size <= ptc._QUARTILE_SAMPLE
+    np.testing.assert_allclose(
+        np.percentile(sample, [25, 50, 75]), np.percentile(x, [25, 50, 75]), atol=0.01 * 30.0
+    )
+    image = x.reshape(500, 800)
+    good = rng.random(image.shape) > 0.1
+    sample = ptc._quartile_seed(image, good)
+    assert 0.5 * ptc._QUARTILE_SAMPLE <= sample.size <= 1.1 * ptc._QUARTILE_SAMPLE
+    np.testing.assert_allclose(
+        np.percentile(sample, [25, 50, 75]), np.percentile(image[good], [25, 50, 75]), atol=0.01 * 30.0
+    )
+    mean, var, keep = ptc.clipped_stats(x)
+    ref_mean, ref_var, ref_keep = reference_clipped_stats(x)
+    assert np.array_equal(keep, ref_keep)
+    assert mean == pytest.approx(ref_mean, rel=1e-12)
+    assert var == pytest.approx(ref_var, rel=1e-10)
+    # Small inputs use all the values: same result as the reference.
+    small = x[:5000]
+    mean, var, keep = ptc.clipped_stats(small, n_iter=1)
+    ref_mean, ref_var, ref_keep = reference_clipped_stats(small, n_iter=1)
+    assert np.array_equal(keep, ref_keep) and not keep.all()
+    assert (mean, var) == (pytest.approx(ref_mean, rel=1e-12), pytest.approx(ref_var, rel=1e-10))
+
+
+def test_measure_pair_clipping_matches_clipped_stats():
+    # measure_pair clips the 2-d images in place (masked moments, float32
+    # not copied); it must agree with clipped_stats on the selected values.
+    rng = np.random.default_rng(17)
+    shape = (300, 260)
+    response = 1.0 + 0.02 * rng.standard_normal(shape)
+    im1 = make_flat(rng, 20000.0, 1.2, 6.0, 0.0, np.inf, response)
+    im2 = make_flat(rng, 20300.0, 1.2, 6.0, 0.0, np.inf, response)
+    im1[rng.integers(0, 300, 40), rng.integers(0, 260, 40)] += 3000.0  # cosmic-ray-like outliers
+    mask = np.zeros(shape, np.uint8)
+    mask[100:110, 50:150] = masks.BIT["BAD"]
+    im2[100:110, 50:150] = np.nan
+    m = ptc.measure_pair(im1, im2, mask, mask)
+    sl = (slice(20, -20), slice(20, -20))
+    good = (mask[sl] == 0) & np.isfinite(im2[sl])
+    mu1, _, _ = ptc.clipped_stats(im1[sl][good])
+    mu2, _, _ = ptc.clipped_stats(im2[sl][good])
+    assert (m.mean1, m.mean2) == (pytest.approx(mu1, rel=1e-13), pytest.approx(mu2, rel=1e-13))
+    diff = (mu2 * im1[sl] - mu1 * im2[sl]) / (0.5 * (mu1 + mu2))
+    _, var_d, keep = ptc.clipped_stats(diff[good])
+    assert m.npix == keep.sum() < good.sum()
+    assert m.variance == pytest.approx(0.5 * var_d, rel=1e-12)
+    assert m.cov[0, 0] == pytest.approx(m.variance, rel=1e-9)
+    # float32 images (what the ISR gives) are measured as their float64 copies.
+    m32 = ptc.measure_pair(im1.astype(np.float32), im2.astype(np.float32), mask, mask)
+    m64 = ptc.measure_pair(
+        im1.astype(np.float32).astype(np.float64), im2.astype(np.float32).astype(np.float64), mask, mask
+    )
+    assert (m32.mean1, m32.mean2, m32.variance, m32.npix) == (m64.mean1, m64.mean2, m64.variance, m64.npix)
+    np.testing.assert_array_equal(m32.cov, m64.cov)
 
 
 def test_measure_pair_statistics_and_masks():

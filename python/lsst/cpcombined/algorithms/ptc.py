@@ -69,8 +69,10 @@ import numpy as np
 import scipy.fft
 import scipy.optimize
 import scipy.signal
+from numba import njit
 
 from . import masks
+from .combine import window_moments
 
 _LOG = logging.getLogger(__name__)
 
@@ -245,6 +247,113 @@ def pair_flats(
 # ---------------------------------------------------------------------------
 
 
+#: Largest number of values whose quartiles seed the clipping (`clipped_stats`):
+#: larger inputs use a regular subsample of about this size.
+_QUARTILE_SAMPLE: int = 100_000
+
+#: ``sigma`` of a normal distribution per unit of interquartile range.
+_IQR_TO_SIGMA: float = 0.7413
+
+
+def _grid_sample(values: np.ndarray, good: np.ndarray, n_good: int, size: int) -> np.ndarray:
+    """About ``size`` of the good ``values`` of a 2-d array, on a regular grid.
+
+    Every ``sy``-th row and ``sx``-th column, with ``sy * sx`` about
+    ``n_good / size`` (``n_good`` is the number of True in ``good``), then
+    the good values among those: all the good values when ``n_good <= size``
+    or when the grid catches fewer than ``size / 4`` of them.
+    """
+    if n_good <= size:
+        return values[good]
+    ny, nx = values.shape
+    step = -(-n_good // size)
+    sy = max(1, min(ny, math.isqrt(step)))
+    sx = min(nx, -(-step // sy))
+    sample = values[::sy, ::sx][good[::sy, ::sx]]
+    return sample if 4 * sample.size >= size else values[good]
+
+
+def _quartile_seed(values: np.ndarray, good: np.ndarray | None, n_good: int | None = None) -> np.ndarray:
+    """Values whose quartiles seed the clipping: the good ``values`` (all
+    of a 1-d array when ``good`` is `None`), or when there are more than
+    `_QUARTILE_SAMPLE` of them, a regular subsample of about that many."""
+    if good is None:
+        flat = values.reshape(-1)
+        return flat[:: -(-flat.size // _QUARTILE_SAMPLE)]
+    if n_good is None:
+        n_good = int(np.count_nonzero(good))
+    return _grid_sample(values, good, n_good, _QUARTILE_SAMPLE)
+
+
+def _clipped_window(
+    rows: np.ndarray,
+    bad: np.ndarray | None,
+    n_all: int,
+    seed: np.ndarray,
+    n_sigma: float,
+    n_iter: int,
+) -> tuple[int, float, float, float, float]:
+    """The clipping loop of `clipped_stats` on the good values of ``rows``.
+
+    The moments of each window ``[lo, hi]`` come from one pass of the
+    `~lsst.cpcombined.algorithms.combine.window_moments` kernel over
+    ``rows`` (no copy of the values).  A window is the same set as the
+    previous one (and the loop stops) when it holds as many values and the
+    two windows are nested.
+
+    Parameters
+    ----------
+    rows : `numpy.ndarray`
+        2-d values.
+    bad : `numpy.ndarray` or `None`
+        uint8 array of the shape of ``rows``, non-zero for values not to
+        use (`None`: all used).
+    n_all : `int`
+        Number of good values.
+    seed : `numpy.ndarray`
+        Values whose quartiles seed the first pass (`_quartile_seed`).
+    n_sigma, n_iter
+        As in `clipped_stats`.
+
+    Returns
+    -------
+    n : `int`
+        Number of kept values.
+    mean, variance : `float`
+        Their mean and population variance.
+    lo, hi : `float`
+        The last window: kept values are the good ones with ``lo <= v <= hi``
+        (``-inf, inf`` when nothing was clipped).
+    """
+    bits = 0 if bad is None else 1
+
+    def moments(lo: float, hi: float, centre: float) -> tuple[int, float, float]:
+        return window_moments(rows, lo, hi, centre, bad, bits)
+
+    seed = np.asarray(seed, dtype=np.float64)  # quartiles in float64 whatever the input type
+    q25, center, q75 = (float(q) for q in np.percentile(seed, [25.0, 50.0, 75.0]))
+    sigma = _IQR_TO_SIGMA * (q75 - q25)
+    lo, hi = -math.inf, math.inf
+    n, stats = n_all, None  # the moments of the current window, computed when needed
+    if sigma <= 0:
+        stats = moments(lo, hi, center)[1:]
+        sigma = math.sqrt(stats[1])
+    for _ in range(n_iter):
+        new_lo, new_hi = center - n_sigma * sigma, center + n_sigma * sigma
+        n_k, mean_k, var_k = moments(new_lo, new_hi, center)
+        if n_k == 0:
+            break
+        nested = (new_lo <= lo and new_hi >= hi) or (new_lo >= lo and new_hi <= hi)
+        same = n_k == n and nested
+        n, stats, lo, hi = n_k, (mean_k, var_k), new_lo, new_hi
+        center, sigma = mean_k, math.sqrt(var_k)
+        if same:
+            break
+    if stats is None:
+        stats = moments(lo, hi, center)[1:]
+    return n, stats[0], stats[1], lo, hi
+
+
 def clipped_stats(
     values: np.ndarray, n_sigma: float = 5.5, n_iter: int = 3
 ) -> tuple[float, float, np.ndarray]:
@@ -253,7 +362,10 @@ def clipped_stats(
     The first pass clips about the median with a robust width
     (``0.7413 * IQR``); each further pass clips about the mean of the kept
     values with their standard deviation.  At most ``n_iter`` passes; stops
-    early when nothing changes.
+    early when nothing changes.  The median and quartiles only seed the
+    passes: above 100 000 values they are those of a regular subsample of
+    about 100 000 values.  The moments are accumulated in float64 (float32
+    input is not copied).
 
     Parameters
     ----------
@@ -272,28 +384,123 @@ def clipped_stats(
     keep : `numpy.ndarray`
         Boolean array, True for the kept values.
     """
-    x = np.asarray(values, dtype=np.float64)
-    keep = np.ones(x.shape, dtype=bool)
+    x = np.asarray(values)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
     if x.size == 0:
+        return math.nan, math.nan, np.ones(x.shape, dtype=bool)
+    n, mean, var, lo, hi = _clipped_window(
+        x.reshape(1, -1), None, x.size, _quartile_seed(x, None), n_sigma, n_iter
+    )
+    keep = np.ones(x.shape, dtype=bool) if lo == -math.inf else (x >= lo) & (x <= hi)
+    if n == 0:
         return math.nan, math.nan, keep
-    q25, center, q75 = np.percentile(x, [25.0, 50.0, 75.0])
-    sigma = 0.7413 * (q75 - q25)
-    if sigma <= 0:
-        sigma = float(np.std(x))
-    for _ in range(n_iter):
-        new_keep = np.abs(x - center) <= n_sigma * sigma
-        if not new_keep.any():
-            break
-        changed = not np.array_equal(new_keep, keep)
-        keep = new_keep
-        center = float(np.mean(x[keep]))
-        sigma = float(np.std(x[keep]))
-        if not changed:
-            break
-    kept = x[keep]
-    if kept.size == 0:
-        return math.nan, math.nan, keep
-    return float(np.mean(kept)), float(np.var(kept)), keep
+    return float(mean), float(var), keep
+
+
+#: `covariances_fft` takes the sums involving the weights from the pixels of
+#: zero weight (`_zero_weight_lag_sums`) instead of two more FFTs when those
+#: number at most this many per pixel divided by ``(2*max_lag+1)**2`` (7 %
+#: of the pixels for ``max_lag = 10``; the two cost the same near 10 % of
+#: scattered zero weights on a 2000 x 500 amplifier).
+_SPARSE_WORK_PER_PIXEL: float = 32.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _zero_weight_lag_sums(d: np.ndarray, b: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums over the zero-weight pixels ``p`` of ``b(p+k)`` and ``d(p+k)``.
+
+    ``d`` (float64) and ``b`` (uint8, 1 = zero weight) hold the image in
+    ``[L:L+ny, L:L+nx]`` (``L = max_lag``) and zeros around it (at least
+    ``L`` on every side).  Returns two ``(2L+1, 2L+1)`` arrays indexed
+    ``[ky + L, kx + L]`` for the lags ``|ky|, |kx| <= L``.
+    """
+    n = 2 * max_lag + 1
+    ny = d.shape[0] - 2 * max_lag
+    nx = d.shape[1] - 2 * max_lag
+    bb = np.zeros((n, n))
+    bd = np.zeros((n, n))
+    for y in range(max(ny, 0)):
+        centre = b[y + max_lag]
+        for x in range(max(nx, 0)):
+            if centre[x + max_lag] == 0:
+                continue
+            for ky in range(n):
+                d_row = d[y + ky]
+                b_row = b[y + ky]
+                bd_k = bd[ky]
+                bb_k = bb[ky]
+                for kx in range(n):
+                    bd_k[kx] += d_row[x + kx]
+                    bb_k[kx] += b_row[x + kx]
+    return bb, bd
+
+
+def _lag_rect_sums(values: np.ndarray, max_lag: int) -> np.ndarray:
+    """``out[ky+L, kx+L]`` = sum of ``values`` over the pixels ``q`` with
+    ``q - k`` also in the array (``L = max_lag``, ``|ky|, |kx| <= L``).
+
+    Needs ``values.shape >= (2L, 2L)``: the rows (columns) more than ``L``
+    from both edges are summed into one before the ``(2L+1)**2`` rectangle
+    sums are taken from the cumulative sums of the reduced array.
+    """
+    lag = max_lag
+    ny, nx = values.shape
+    c = np.concatenate([values[:lag], values[lag : ny - lag].sum(axis=0, keepdims=True), values[ny - lag :]])
+    c = np.concatenate(
+        [c[:, :lag], c[:, lag : nx - lag].sum(axis=1, keepdims=True), c[:, nx - lag :]], axis=1
+    ).astype(np.float64)
+    n = 2 * lag + 1
+    integral = np.zeros((n + 1, n + 1))
+    integral[1:, 1:] = c.cumsum(axis=0).cumsum(axis=1)
+    k = np.arange(-lag, lag + 1)
+    lo, hi = np.maximum(k, 0), n - np.maximum(-k, 0)  # rows (columns) [max(0, k), N + min(0, k))
+    return integral[hi][:, hi] - integral[lo][:, hi] - integral[hi][:, lo] + integral[lo][:, lo]
+
+
+def _lag_rows(g: np.ndarray, max_lag: int) -> np.ndarray:
+    """Rows ``0..L, -L..-1`` of ``g`` (so that ``out[-k]`` is row ``-k``)."""
+    ny = g.shape[0]
+    return g[np.r_[0 : max_lag + 1, ny - max_lag : ny]]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _paired_power(f: np.ndarray) -> np.ndarray:
+    """``|f|**2`` with columns ``2j`` and ``2j+1`` as real and imaginary
+    parts of column ``j`` (a last odd column alone, imaginary part 0)."""
+    ny, m = f.shape
+    q = np.zeros((ny, (m + 1) // 2), dtype=np.complex128)
+    for y in range(ny):
+        row = f[y]
+        out = q[y]
+        for j in range(m // 2):
+            a = row[2 * j]
+            b = row[2 * j + 1]
+            out[j] = complex(a.real * a.real + a.imag * a.imag, b.real * b.real + b.imag * b.imag)
+        if m % 2:
+            a = row[m - 1]
+            out[m // 2] = a.real * a.real + a.imag * a.imag
+    return q
+
+
+def _power_lag_rows(f: np.ndarray, max_lag: int, nx: int) -> np.ndarray:
+    """Inverse real 2-d FFT of ``|f|**2`` (``f`` from `scipy.fft.rfft2`, of
+    an ``(ny, nx)`` array) at the rows of lags ``-max_lag..max_lag``.
+
+    ``|f|**2`` is real: its columns are paired as real and imaginary parts of
+    one complex inverse FFT along y (half the work), each column's transform
+    having ``g(-y) = conj(g(y))``; the inverse along x is done on the needed
+    rows only.
+    """
+    ny, m = f.shape
+    g = scipy.fft.ifft(_paired_power(f), axis=0, overwrite_x=True)
+    g_pos = _lag_rows(g, max_lag)
+    g_neg = np.conj(g[-_lag_rows(np.arange(ny), max_lag) % ny])
+    del g
+    h = np.empty((g_pos.shape[0], m), dtype=np.complex128)
+    h[:, 0::2] = 0.5 * (g_pos + g_neg)
+    h[:, 1::2] = (-0.5j * (g_pos - g_neg))[:, : m // 2]
+    return scipy.fft.irfft(h, n=nx, axis=1)
 
 
 def covariances_fft(
@@ -309,16 +516,20 @@ def covariances_fft(
 
     with ``n = sum(w w')`` the number of such pairs: each lag uses its own
     means, exactly as a direct computation would.  The sums are correlations
-    computed with real FFTs of the zero-padded (so nothing wraps around)
-    arrays ``w*d`` and ``w``.  For ``i, j > 0`` the lags ``(i, j)`` and
-    ``(i, -j)`` are averaged and their pair counts added.
+    computed with real FFTs (float64) of the zero-padded (so nothing wraps
+    around) arrays ``w*d`` and ``w``, the inverse transforms evaluated at the
+    rows of lags ``-max_lag..max_lag`` only.  With 0/1 weights and few zero
+    weights the sums involving ``w`` are taken instead from the total and
+    border sums of ``w*d`` and from the pixels of zero weight (no FFT of
+    ``w``).  For ``i, j > 0`` the lags ``(i, j)`` and ``(i, -j)`` are averaged
+    and their pair counts added.
 
     Parameters
     ----------
     image : `numpy.ndarray`
-        2-d image ``d`` (masked pixels may hold anything finite).
+        2-d image ``d`` (masked pixels may hold anything, even NaN).
     weight : `numpy.ndarray`
-        2-d 0/1 weights ``w`` (1 = use the pixel).
+        2-d 0/1 weights ``w`` (1 = use the pixel), boolean or numeric.
     max_lag : `int`, optional
         Largest lag in each direction.
 
@@ -330,16 +541,63 @@ def covariances_fft(
         Number of pixel pairs used for each lag (``npairs[0, 0]`` = number of
         pixels).
     """
-    w = np.asarray(weight, dtype=np.float64)
-    d = np.where(w != 0, np.asarray(image, dtype=np.float64), 0.0) * w
-    ny, nx = d.shape
-    shape = (scipy.fft.next_fast_len(ny + max_lag + 1), scipy.fft.next_fast_len(nx + max_lag + 1, real=True))
-    f_d = scipy.fft.rfft2(d, s=shape)
-    f_w = scipy.fft.rfft2(w, s=shape)
-    # corr(A, B)[k] = sum_p A(p + k) B(p)
-    s_dd = scipy.fft.irfft2(f_d * np.conj(f_d), s=shape)
-    s_dw = scipy.fft.irfft2(f_d * np.conj(f_w), s=shape)  # sum w(p) w(p+k) d(p+k)
-    s_ww = scipy.fft.irfft2(f_w * np.conj(f_w), s=shape)
+    w = np.asarray(weight)
+    if max_lag < 0:
+        return np.empty((0, 0)), np.empty((0, 0))
+    lag = max_lag
+    ny, nx = w.shape
+    good = w if w.dtype == bool else w != 0
+    binary = w.dtype == bool or bool(np.all(w[good] == 1))
+    # The image sits at offset (L, L) in zero-padded arrays (at least L zeros
+    # on every side, so nothing wraps around; a shift does not change a
+    # correlation).
+    shape = (scipy.fft.next_fast_len(ny + 2 * lag), scipy.fft.next_fast_len(nx + 2 * lag, real=True))
+    inner = (slice(lag, lag + ny), slice(lag, lag + nx))
+    d = np.zeros(shape)
+    np.copyto(d[inner], image, where=good)
+    if not binary:
+        d[inner] *= w
+    n_zero = good.size - int(np.count_nonzero(good))
+    sparse = (
+        binary
+        and min(ny, nx) >= 2 * lag
+        and n_zero * (2 * lag + 1) ** 2 <= _SPARSE_WORK_PER_PIXEL * good.size
+    )
+    if sparse:
+        # corr(A, B)[k] = sum_p A(p + k) B(p).  With w = 1 - b (b = 1 at zero
+        # weight) and R(k) the pixels p with p + k in the image:
+        #   sum_{R(k)} w(p) w(p+k) = |R(k)| - #b(R(k)) - #b(R(-k)) + sum_b b(p+k)
+        #   sum_{R(k)} w(p) d(p+k) = sum_{R(-k)} d - sum_b d(p+k)
+        # (sums "sum_b" over the zero-weight pixels p, d = 0 there).
+        b = np.zeros(shape, dtype=np.uint8)
+        b[inner] = ~good
+        bb, bd = _zero_weight_lag_sums(d, b, lag)
+        del b
+        k = np.abs(np.arange(-lag, lag + 1))
+        area = np.outer(ny - k, nx - k)
+        n_bad = _lag_rect_sums(~good, lag)  # #b(R(-k))
+        s_ww = area - n_bad - n_bad[::-1, ::-1] + bb
+        s_dw = _lag_rect_sums(d[inner], lag) - bd
+        # Indexed like the FFT outputs: [k] is lag k, [-k] lag -k.
+        s_ww = np.roll(s_ww, (-lag, -lag), axis=(0, 1))
+        s_dw = np.roll(s_dw, (-lag, -lag), axis=(0, 1))
+        s_dd = _power_lag_rows(scipy.fft.rfft2(d, overwrite_x=True), lag, shape[1])
+    else:
+        wp = np.zeros(shape)
+        wp[inner] = w
+        f_d = scipy.fft.rfft2(d, overwrite_x=True)
+        f_w = scipy.fft.rfft2(wp, overwrite_x=True)
+        del d, wp
+        # corr(A, B)[k] = sum_p A(p + k) B(p) = inverse FFT of F_A conj(F_B),
+        # needed at the rows of lags -L..L only: the inverse along y (the
+        # complex axis) is done in full, the one along x on those rows only.
+        s_dd = _power_lag_rows(f_d, lag, shape[1])
+        s_ww = _power_lag_rows(f_w, lag, shape[1])
+        f_d *= np.conj(f_w)
+        del f_w
+        g_dw = _lag_rows(scipy.fft.ifft(f_d, axis=0, overwrite_x=True), lag)
+        s_dw = scipy.fft.irfft(g_dw, n=shape[1], axis=1)
+    # s_dw[k] = sum w(p) w(p+k) d(p+k)
 
     def one(dy: int, dx: int) -> tuple[float, float]:
         n = round(float(s_ww[dy, dx]))
@@ -460,8 +718,12 @@ def measure_pair(
         Invalid (``valid=False``, NaN statistics, ``reason`` set) when too
         few pixels are usable or the mean is not positive.
     """
-    im1 = np.asarray(image1, dtype=np.float64)
-    im2 = np.asarray(image2, dtype=np.float64)
+    im1 = np.asarray(image1)
+    im2 = np.asarray(image2)
+    if im1.dtype.kind != "f":
+        im1 = im1.astype(np.float64)
+    if im2.dtype.kind != "f":
+        im2 = im2.astype(np.float64)
     if im1.shape != im2.shape or im1.ndim != 2:
         raise ValueError(f"Images must be 2-d with equal shapes, got {im1.shape} and {im2.shape}.")
     ny, nx = im1.shape
@@ -483,18 +745,31 @@ def measure_pair(
             math.nan, math.nan, math.nan, math.nan, None, None, 0, sat_fraction, exp_time, ids, False, reason
         )
 
-    if good.sum() < min_pixels:
-        return invalid(f"only {int(good.sum())} usable pixels (< {min_pixels})")
-    mu1, _, _ = clipped_stats(im1[good], n_sigma, n_iter)
-    mu2, _, _ = clipped_stats(im2[good], n_sigma, n_iter)
+    n_good = int(np.count_nonzero(good))
+    if n_good < min_pixels:
+        return invalid(f"only {n_good} usable pixels (< {min_pixels})")
+    # The clipping runs on the 2-d images in place, the good pixels selected
+    # by a mask (no copies of the pixel values).
+    not_good = (~good).view(np.uint8)
+
+    def clip(values: np.ndarray) -> tuple[int, float, float, float, float]:
+        seed = _quartile_seed(values, good, n_good)
+        return _clipped_window(values, not_good, n_good, seed, n_sigma, n_iter)
+
+    mu1 = float(clip(im1)[1])
+    mu2 = float(clip(im2)[1])
     mu = 0.5 * (mu1 + mu2)
     if not mu > 0:
         return invalid(f"non-positive mean ({mu:g} ADU)")
-    diff = (mu2 * im1 - mu1 * im2) / mu
-    _, var_d, keep = clipped_stats(diff[good], n_sigma, n_iter)
-    weight = np.zeros(diff.shape, dtype=bool)
-    weight[good] = keep
-    npix = int(weight.sum())
+    # In float64 whatever the input type.
+    diff = np.multiply(im1, mu2, dtype=np.float64)
+    diff -= np.multiply(im2, mu1, dtype=np.float64)
+    diff /= mu
+    _, _, var_d, lo, hi = clip(diff)
+    weight = good
+    if lo > -math.inf:
+        weight = good & (diff >= lo) & (diff <= hi)
+    npix = int(np.count_nonzero(weight))
     if npix < min_pixels:
         return invalid(f"only {npix} pixels left after clipping (< {min_pixels})")
     cov = npairs = None

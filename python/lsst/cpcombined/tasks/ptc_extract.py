@@ -240,17 +240,24 @@ def _fixed_pattern_outliers(
     """
     good = np.isfinite(im1) & np.isfinite(im2) & ((mask1 & bad_bits) == 0) & ((mask2 & bad_bits) == 0)
     out = np.zeros(im1.shape, dtype=bool)
-    if good.sum() < 100:
+    n_good = int(np.count_nonzero(good))
+    if n_good < 100:
         return out
-    # The normalisation only needs ~0.1 %: medians of a subsample are enough.
-    v1, v2 = im1[good], im2[good]
-    step = max(1, v1.size // 20000)
-    mu1, mu2 = float(np.median(v1[::step])), float(np.median(v2[::step]))
+    # The normalisation only needs ~0.1 %: medians of a regular subsample of
+    # ~20000 good pixels are enough.
+    mu1 = float(np.median(ptc_algo._grid_sample(im1, good, n_good, 20000)))
+    mu2 = float(np.median(ptc_algo._grid_sample(im2, good, n_good, 20000)))
     if not (mu1 > 0 and mu2 > 0):
         return out
-    level = 0.5 * (v1 / mu1 + v2 / mu2)
-    _, _, keep = ptc_algo.clipped_stats(level, nsigma, niter)
-    out[good] = ~keep
+    # The level is clipped on the 2-d image in place (the good pixels
+    # selected by a mask, no copies of the values).
+    with np.errstate(invalid="ignore", over="ignore"):
+        level = 0.5 * (im1 / mu1 + im2 / mu2)
+    _, _, _, lo, hi = ptc_algo._clipped_window(
+        level, (~good).view(np.uint8), n_good, ptc_algo._quartile_seed(level, good, n_good), nsigma, niter
+    )
+    if lo > -math.inf:
+        out = good & ~((level >= lo) & (level <= hi))
     return out
 
 
@@ -364,13 +371,16 @@ class CpPtcExtractTask(PipelineTask):
         if not (unit.is_equivalent(u.electron) or unit.is_equivalent(u.electron / u.s)):
             raise CpInputError(f"the combined {what} is in {unit}: expected electrons or ADU")
         image, variance, mask = from_masked_image(calib)
-        gmap = np.empty(image.shape, dtype=np.float64)
+        # Amplifier by amplifier, divided in float64 and stored in float32 (as
+        # `to_masked_image` stores them) without full-size float64 temporaries.
+        image_adu = np.empty(image.shape, dtype=np.float32)
+        variance_adu = np.empty(variance.shape, dtype=np.float32)
         for amp, (ys, xs) in amp_regions(AmpLayout.from_detector_shape(image.shape)).items():
-            gmap[ys, xs] = gains[amp]
+            g = float(gains[amp])
+            np.divide(image[ys, xs], g, out=image_adu[ys, xs], dtype=np.float64)
+            np.divide(variance[ys, xs], g * g, out=variance_adu[ys, xs], dtype=np.float64)
         new_unit = u.adu / u.s if unit.is_equivalent(u.electron / u.s) else u.adu
-        return to_masked_image(
-            image / gmap, variance / gmap**2, mask, unit=new_unit, metadata=dict(calib.metadata)
-        )
+        return to_masked_image(image_adu, variance_adu, mask, unit=new_unit, metadata=dict(calib.metadata))
 
     # -- main -----------------------------------------------------------------------
 
@@ -487,7 +497,7 @@ class CpPtcExtractTask(PipelineTask):
                     )
                     n_fixed = int(outliers.sum())
                     if n_fixed:
-                        mask1 = mask1 | np.where(outliers, BIT["SUSPECT"], 0).astype(np.uint8)
+                        mask1 = mask1 | outliers.view(np.uint8) * np.uint8(BIT["SUSPECT"])
                 m = ptc_algo.measure_pair(
                     a1,
                     a2,
