@@ -8,6 +8,7 @@ import pytest
 from lsst.cpcombined.cli import main as cpcombined
 from lsst.cpcombined.simulation import SimulationTruth, TruthError
 from lsst.cpcombined.simulation.camera import SimulatedCamera
+from lsst.cpcombined.simulation.sensor import _bf_charge, _dark_charge, _poisson_uniform, simulate_raw_amps
 
 SMALL = {"geometry_scale": 0.125, "seed": 7}
 
@@ -158,3 +159,57 @@ def test_cli_init_simulate_query(tmp_path, capsys):
     # Bad input gives an error message and a non-zero exit, not a traceback.
     assert cpcombined(["simulate", root, "--instrument", "LATISS", "--image-type", "flat", "--count", "1"]) == 1
     assert "--exp-time is required" in capsys.readouterr().err
+
+
+def test_frames_are_deterministic_and_in_fits_byte_order():
+    truth = SimulationTruth("LATISS", SMALL)
+    for image_type, exptime in (("bias", 0.0), ("dark", 30.0), ("flat", 5.0)):
+        a, b, c = (
+            simulate_raw_amps(truth, 0, image_type, exptime, exptime + 0.3, 0, truth.exposure_rng(serial, 0))
+            for serial in (0, 0, 1)
+        )
+        assert all(arr.dtype == np.dtype(">i4") for arr in a.values())
+        assert all(np.array_equal(a[amp], b[amp]) for amp in a)
+        assert not np.array_equal(a["C10"], c["C10"])
+
+
+@pytest.mark.parametrize("lam0", [0.006, 0.6, 7.0, 300.0])
+def test_uniform_poisson_draws(lam0):
+    n = 400_000
+    x = _poisson_uniform(lam0, n, np.random.default_rng(11))
+    assert x.dtype == np.float32 and np.array_equal(x, np.round(x)) and x.min() >= 0
+    assert x.mean() == pytest.approx(lam0, abs=5 * np.sqrt(lam0 / n))
+    # Variance of the sample variance of a Poisson: (lam + 2 lam^2) / n.
+    assert x.var() == pytest.approx(lam0, abs=5 * np.sqrt((lam0 + 2 * lam0**2) / n))
+    p0 = np.exp(-lam0)
+    assert np.mean(x == 0) == pytest.approx(p0, abs=5 * np.sqrt(p0 * (1 - p0) / n) + 1e-9)
+
+
+def test_dark_charge_is_poisson_with_hot_pixels():
+    truth = SimulationTruth("LATISS", {**SMALL, "hot_pixels": [[0, 5, 7, 20.0], [0, 60, 30, 50.0]]})
+    dt = truth.detector_truth(0)
+    lam = dt.dark_current * 30.3
+    draws = np.stack([_dark_charge(dt, 30.3, np.random.default_rng(s)) for s in range(200)])
+    assert draws.mean() == pytest.approx(lam.mean(), rel=0.01)
+    # Hot pixels: Poisson below 1000 e- (20 e-/s), normal with variance λ above (50 e-/s).
+    for y, x in ((7, 5), (30, 60)):
+        assert draws[:, y, x].mean() == pytest.approx(lam[y, x], abs=5 * np.sqrt(lam[y, x] / 200))
+        assert draws[:, y, x].var() == pytest.approx(lam[y, x], rel=0.5)
+    faint = draws[:, 100:, 100:]
+    assert faint.var() == pytest.approx(faint.mean(), rel=0.02)
+
+
+def test_brighter_fatter_kernel_matches_edge_padded_redistribution():
+    rng = np.random.default_rng(3)
+    ny, nx, band = 6, 7, 3
+    lam = rng.uniform(1000, 2000, (ny, nx)).astype(np.float32)
+    dev = rng.normal(0, 40, (ny, nx)).astype(np.float32)
+    alpha = rng.uniform(0.001, 0.01, (2, nx)).astype(np.float32)
+    give = np.repeat(alpha, band, axis=0).astype(np.float64) * dev
+    padded = np.pad(give, 1, mode="edge")
+    neighbours = padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
+    expected = lam + dev - 4 * give + neighbours
+    charge = dev.copy()
+    _bf_charge(charge, lam, alpha, band)
+    np.testing.assert_allclose(charge, expected, rtol=0, atol=1e-3)
+    assert charge.sum() == pytest.approx(float((lam + dev).sum()), abs=0.05)  # charge is conserved
