@@ -262,40 +262,13 @@ def _block_sizes(ye, xe, stride):  # pragma: no cover - numba
 
 
 @numba.njit(parallel=True, cache=True)
-def _block_medians(image, good, ye, xe, stride):  # pragma: no cover - numba
+def _block_medians_masked(values, data, mask, exclude, positive, ye, xe, stride):  # pragma: no cover - numba
     """Median of the good pixels of each block, sampling every ``stride``-th
     row and column (NaN when fewer than max(3, 10 %) of the sampled pixels
-    are good).  A row of blocks is gathered row by row of the image (not
-    block by block: much faster memory access)."""
-    nby, nbx = ye.size - 1, xe.size - 1
-    grid = np.full((nby, nbx), np.nan)
-    maxh, maxw = _block_sizes(ye, xe, stride)
-    for i in numba.prange(nby):
-        bufs = np.empty((nbx, maxh * maxw), dtype=np.float32)
-        cnt = np.zeros(nbx, dtype=np.int64)
-        keys = np.empty(maxh * maxw, dtype=np.int64)
-        hist = np.empty(2048, dtype=np.int64)
-        for y in range(ye[i], ye[i + 1], stride):
-            for j in range(nbx):
-                buf = bufs[j]
-                n = cnt[j]
-                for x in range(xe[j], xe[j + 1], stride):
-                    if good[y, x]:
-                        buf[n] = image[y, x]
-                        n += 1
-                cnt[j] = n
-        for j in range(nbx):
-            size = ((ye[i + 1] - ye[i] + stride - 1) // stride) * ((xe[j + 1] - xe[j] + stride - 1) // stride)
-            if cnt[j] >= max(3, size // 10):
-                grid[i, j] = _median_f32(bufs[j], cnt[j], keys, hist)
-    return grid
-
-
-@numba.njit(parallel=True, cache=True)
-def _block_medians_masked(values, data, mask, exclude, positive, ye, xe, stride):  # pragma: no cover - numba
-    """`_block_medians` of ``values`` (cast to float32) with the good pixels
-    decided on the fly: ``data`` finite and ``mask & exclude == 0`` and, if
-    ``positive``, ``values`` finite and > 0 (no full-size mask needed)."""
+    are good), with the good pixels decided on the fly: ``data`` finite and
+    ``mask & exclude == 0`` and, if ``positive``, ``values`` finite and > 0
+    (no full-size mask needed).  A row of blocks is gathered row by row of
+    the image (not block by block: much faster memory access)."""
     nby, nbx = ye.size - 1, xe.size - 1
     grid = np.full((nby, nbx), np.nan)
     maxh, maxw = _block_sizes(ye, xe, stride)
@@ -363,7 +336,8 @@ def background_map(image: np.ndarray, good: np.ndarray | None = None, bin_size: 
     image
         2-d image.
     good
-        Boolean mask of pixels to use (default: finite pixels).
+        Boolean mask of pixels to use (default: all); non-finite pixels are
+        never used.
     bin_size
         Approximate block size in pixels (blocks tile the image exactly).
 
@@ -373,18 +347,12 @@ def background_map(image: np.ndarray, good: np.ndarray | None = None, bin_size: 
         float32 array of the image's shape.  Blocks without enough good
         pixels take the median of the other blocks (0 if there is none).
     """
-    image = np.asarray(image)
+    image = np.ascontiguousarray(image, dtype=np.float32)
     ny, nx = image.shape
-    if good is None:
-        good = np.isfinite(image)
+    # Pixels to leave out: not finite, or not ``good``.
+    excluded = np.zeros(image.shape, dtype=np.uint8) if good is None else (~np.asarray(good, dtype=bool)).view(np.uint8)
     ye, xe = _edges(ny, bin_size), _edges(nx, bin_size)
-    grid = _block_medians(
-        np.ascontiguousarray(image, dtype=np.float32),
-        np.ascontiguousarray(good, dtype=np.bool_),
-        ye,
-        xe,
-        _stride(bin_size),
-    )
+    grid = _block_medians_masked(image, image, excluded, np.uint8(1), False, ye, xe, _stride(bin_size))
     return _bilinear(_fill_grid(grid).astype(np.float32), *_grid_interp(ye, xe))
 
 
