@@ -552,41 +552,26 @@ def _detect_kernel(
                         dy, dx = 1, 1
                     else:
                         dy, dx = 1, -1
-                    ra = _resid_at(
-                        data,
-                        mask,
-                        exclude,
-                        bkg_mode,
-                        bgrid,
-                        barr,
-                        bval,
-                        y0,
-                        y1,
-                        wy,
-                        x0,
-                        x1,
-                        wx,
-                        _reflect(y - dy, ny),
-                        _reflect(x - dx, nx),
-                    )
-                    rb = _resid_at(
-                        data,
-                        mask,
-                        exclude,
-                        bkg_mode,
-                        bgrid,
-                        barr,
-                        bval,
-                        y0,
-                        y1,
-                        wy,
-                        x0,
-                        x1,
-                        wx,
-                        _reflect(y + dy, ny),
-                        _reflect(x + dx, nx),
-                    )
-                    if np.float32(0.5) * (ra + rb) < limit:
+                    pair_sum = np.float32(0.0)  # the two opposite neighbours
+                    for sgn in (-1, 1):
+                        pair_sum += _resid_at(
+                            data,
+                            mask,
+                            exclude,
+                            bkg_mode,
+                            bgrid,
+                            barr,
+                            bval,
+                            y0,
+                            y1,
+                            wy,
+                            x0,
+                            x1,
+                            wx,
+                            _reflect(y + sgn * dy, ny),
+                            _reflect(x + sgn * dx, nx),
+                        )
+                    if np.float32(0.5) * pair_sum < limit:
                         foot[y, x] = 2
                         if n_seeds < cap:
                             seed_x[y, n_seeds] = x
