@@ -268,7 +268,7 @@ def tests_for(calib_type: str, thresholds: VerifyThresholds | None = None) -> di
 
 
 #: Largest number of values whose quartiles seed `clipped_stats` exactly.
-_QUARTILE_SAMPLE = 200_000
+_QUARTILE_SAMPLE = 50_000
 
 
 def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> ClippedStats:
