@@ -174,8 +174,8 @@ class LocalPipelineService:
         Jobs running at once (more wait for a slot); default: the number of
         CPUs.  The numerical kernels use every core, but a job also spends
         much of its time in I/O and the registry, so jobs overlap well:
-        the full-size LATISS daily run took 383 s with 2 jobs at once and
-        465 s with 1 on 2 cores (`benchmarks/bench_daily.py`).
+        on 2 cores the full-size LATISS daily run took 202-219 s with 2
+        jobs at once and 231 s with 3 (`benchmarks/bench_daily.py`).
     """
 
     def __init__(
