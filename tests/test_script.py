@@ -294,3 +294,18 @@ def test_local_service_runs_overflow_jobs_in_a_reused_warm_worker(tmp_path):
     assert not worker.alive
     with pytest.raises(WorkerDied, match="ended"):
         worker.run(["--help"])
+
+
+def test_local_service_modes_and_arguments(tmp_path):
+    """``-j`` is dropped where jobs run in one interpreter (in-process and
+    warm workers) and kept for subprocesses; an unknown mode is refused."""
+    from lsst.cpcombined.script import local
+
+    config = "-j 4 -i LATISS/raw/all -o out/x --register-dataset-types"
+    for mode, keeps_j in (("inprocess", False), ("workers", False), ("subprocess", True)):
+        args, output = local.LocalPipelineService(tmp_path, mode=mode).build_args("p.yaml", config, "q", "job")
+        assert output == "out/x"
+        assert ("-j" in args) is keeps_j, (mode, args)
+        assert args[args.index("-d") + 1] == "q" and args[args.index("-b") + 1] == str(tmp_path)
+    with pytest.raises(ValueError, match="'inprocess', 'workers' or 'subprocess'"):
+        local.LocalPipelineService(tmp_path, mode="threads")
