@@ -164,7 +164,7 @@ def _remove(butler, pattern: str) -> None:
     for chain in chains:
         butler.collections.x_remove(chain)
     if runs:
-        butler.removeRuns(runs, unstore=True)
+        butler.removeRuns(runs)
 
 
 def _drop_proc(butler, run_pattern: str, dataset_type: str) -> None:

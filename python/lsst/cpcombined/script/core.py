@@ -462,7 +462,7 @@ class MakeCalibrationsCore:
         self.progress(f"Removing partial output of an interrupted job: {output} ({len(runs)} run(s))")
         butler.collections.x_remove(output)
         if runs:
-            butler.removeRuns(runs, unstore=True)
+            butler.removeRuns(runs)
 
     def _inputs_for(self, image_type: str, verify: bool) -> list[str]:
         """Input collections of a generation or verification job."""
