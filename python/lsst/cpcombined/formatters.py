@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ("ProcImageFormatter", "UncompressedImageFormatter", "read_proc_image", "write_proc_image")
+__all__ = (
+    "ProcImageFormatter",
+    "UncompressedImageFormatter",
+    "read_proc_components",
+    "read_proc_image",
+    "write_proc_image",
+)
 
 import functools
 import json
 import os
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import astropy.io.fits as fits
@@ -17,7 +24,7 @@ from lsst.images import Box, Image, Mask, MaskedImage, MaskSchema
 from lsst.images.formatters import GenericFormatter
 from lsst.resources import ResourcePath
 
-from .algorithms.masks import MASK_SCHEMA, PLANES
+from .algorithms.masks import MASK_SCHEMA, PLANES, from_mask
 
 #: Planes written without compression.  The mask (written as int32 for afw
 #: compatibility) would compress well, but GZIP costs ~0.4 s per full-size
@@ -93,8 +100,6 @@ def write_proc_image(
         unknown = set(mask.schema.names) - {name for name, _ in PLANES}
         if unknown:
             raise ValueError(f"mask planes {sorted(unknown)} are not cp_combined planes: cannot write {path}")
-        from .algorithms.masks import from_mask
-
         mask_array = from_mask(mask)
     primary = fits.PrimaryHDU()
     primary.header["CPFORMAT"] = PROC_FORMAT
@@ -136,6 +141,71 @@ def _mask_from_file(array: np.ndarray, header: fits.Header) -> np.ndarray:
     return out
 
 
+#: Components `read_proc_components` can return.
+PROC_COMPONENTS = ("bbox", "image", "mask", "variance", "unit", "metadata", "sky_projection")
+
+
+def read_proc_components(
+    path: str | os.PathLike, names: Iterable[str], bbox: Box | None = None
+) -> dict[str, Any]:
+    """Read components of a file written by `write_proc_image`, opening it
+    once.
+
+    Parameters
+    ----------
+    path
+        The file.
+    names
+        Components among `PROC_COMPONENTS` (``sky_projection`` is always
+        `None`; ``bbox`` is the whole image's).
+    bbox
+        Region of the pixel components (image coordinates); only its rows
+        are read from disk.
+
+    Returns
+    -------
+    components
+        ``{name: value}``.
+    """
+    names = list(names)
+    unknown = set(names) - set(PROC_COMPONENTS)
+    if unknown:
+        raise ValueError(f"unknown components {sorted(unknown)} of a cp_combined masked image")
+    with fits.open(os.fspath(path), memmap=False, lazy_load_hdus=True) as hdul:
+        head = hdul[0].header
+        if head.get("CPFORMAT") != PROC_FORMAT:
+            raise ValueError(
+                f"{path} is not a cp_combined masked-image file (CPFORMAT={head.get('CPFORMAT')!r})"
+            )
+        image_hdu = hdul["IMAGE"]
+        ny, nx = int(image_hdu.header["NAXIS2"]), int(image_hdu.header["NAXIS1"])
+        full = Box.factory[
+            head["BBOX_Y0"] : head["BBOX_Y0"] + ny, head["BBOX_X0"] : head["BBOX_X0"] + nx
+        ]
+        unit = _unit(image_hdu.header.get("BUNIT", ""))
+        region = full if bbox is None else bbox
+        if {"image", "mask", "variance"} & set(names) and not full.contains(region):
+            raise ValueError(f"requested bbox {region} is not inside the image {full}")
+
+        def plane(name: str) -> np.ndarray:
+            return _native(np.asarray(hdul[name].section[region.slice_within(full)]))
+
+        readers = {
+            "bbox": lambda: full,
+            "sky_projection": lambda: None,
+            "unit": lambda: unit,
+            "metadata": lambda: json.loads(bytes(hdul["METADATA"].data).decode()),
+            "image": lambda: Image(plane("IMAGE"), unit=unit, bbox=region),
+            "variance": lambda: Image(plane("VARIANCE"), unit=None if unit is None else unit**2, bbox=region),
+            "mask": lambda: Mask(
+                _mask_from_file(plane("MASK"), hdul["MASK"].header)[:, :, np.newaxis],
+                schema=MASK_SCHEMA,
+                bbox=region,
+            ),
+        }
+        return {name: readers[name]() for name in names}
+
+
 def read_proc_image(
     path: str | os.PathLike, bbox: Box | None = None, component: str | None = None
 ) -> Any:
@@ -149,60 +219,20 @@ def read_proc_image(
         Region to read (in the image's pixel coordinates); only its rows
         are read from disk.
     component
-        `None` for the `lsst.images.MaskedImage`, or one of ``bbox``,
-        ``image``, ``mask``, ``variance``, ``unit``, ``metadata``,
-        ``sky_projection`` (always `None`).
+        `None` for the `lsst.images.MaskedImage`, or one of
+        `PROC_COMPONENTS` (see `read_proc_components`).
 
     Returns
     -------
     value
         The masked image or the component.
     """
-    with fits.open(os.fspath(path), memmap=False, lazy_load_hdus=True) as hdul:
-        head = hdul[0].header
-        if head.get("CPFORMAT") != PROC_FORMAT:
-            raise ValueError(f"{path} is not a cp_combined masked-image file (CPFORMAT={head.get('CPFORMAT')!r})")
-        image_hdu = hdul["IMAGE"]
-        ny, nx = int(image_hdu.header["NAXIS2"]), int(image_hdu.header["NAXIS1"])
-        full = Box.factory[
-            head["BBOX_Y0"] : head["BBOX_Y0"] + ny, head["BBOX_X0"] : head["BBOX_X0"] + nx
-        ]
-        if component == "bbox":
-            return full
-        if component == "sky_projection":
-            return None
-        unit = _unit(image_hdu.header.get("BUNIT", ""))
-        if component == "unit":
-            return unit
-        metadata = json.loads(bytes(hdul["METADATA"].data).decode()) if component in (None, "metadata") else {}
-        if component == "metadata":
-            return metadata
-        region = full if bbox is None else bbox
-        if not full.contains(region):
-            raise ValueError(f"requested bbox {region} is not inside the image {full}")
-        ys, xs = region.slice_within(full)
-        box = dict(bbox=region)
-
-        def plane(name: str) -> np.ndarray:
-            return _native(np.asarray(hdul[name].section[ys, xs]))
-
-        image = Image(plane("IMAGE"), unit=unit, **box) if component in (None, "image") else None
-        if component == "image":
-            return image
-        variance = (
-            Image(plane("VARIANCE"), unit=None if unit is None else unit**2, **box)
-            if component in (None, "variance")
-            else None
-        )
-        if component == "variance":
-            return variance
-        bits = _mask_from_file(plane("MASK"), hdul["MASK"].header)
-        mask = Mask(bits[:, :, np.newaxis], schema=MASK_SCHEMA, **box)
-        if component == "mask":
-            return mask
-        if component is not None:
-            raise ValueError(f"unknown component {component!r} of a cp_combined masked image")
-        return MaskedImage(image, mask=mask, variance=variance, metadata=metadata)
+    if component is not None:
+        return read_proc_components(path, [component], bbox)[component]
+    parts = read_proc_components(path, ("image", "mask", "variance", "metadata"), bbox)
+    return MaskedImage(
+        parts["image"], mask=parts["mask"], variance=parts["variance"], metadata=parts["metadata"]
+    )
 
 
 class ProcImageFormatter(FormatterV2):
@@ -227,7 +257,9 @@ class ProcImageFormatter(FormatterV2):
     can_read_from_local_file: ClassVar[bool] = True
     butler_provenance: DatasetProvenance | None = None
 
-    def add_provenance(self, in_memory_dataset: Any, /, *, provenance: DatasetProvenance | None = None) -> Any:
+    def add_provenance(
+        self, in_memory_dataset: Any, /, *, provenance: DatasetProvenance | None = None
+    ) -> Any:
         self.butler_provenance = provenance
         return in_memory_dataset
 
@@ -245,7 +277,6 @@ class ProcImageFormatter(FormatterV2):
         if params:
             raise ValueError(f"unsupported read parameters {sorted(params)} for {path}")
         if component == "components":
-            names = names or ("bbox", "image", "mask", "variance", "unit", "sky_projection")
-            names = [names] if isinstance(names, str) else names
-            return {name: read_proc_image(path, bbox, name) for name in names}
+            names = names or [n for n in PROC_COMPONENTS if n != "metadata"]
+            return read_proc_components(path, [names] if isinstance(names, str) else names, bbox)
         return read_proc_image(path, bbox, component)
