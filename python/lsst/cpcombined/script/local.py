@@ -293,7 +293,7 @@ class LocalPipelineService:
     async def _run_in_worker(self, job: _Job, args: list[str]) -> tuple[int, list[str]]:
         """Run a job in an idle warm worker (a new one if none is idle)."""
         while self._idle_workers and not self._idle_workers[-1].alive:
-            self._idle_workers.pop()
+            self._idle_workers.pop().kill()  # reap it and close its pipe
         worker = self._idle_workers.pop() if self._idle_workers else WarmWorker()
         if self._worker_threads is None:
             self._worker_threads = concurrent.futures.ThreadPoolExecutor(
@@ -301,11 +301,14 @@ class LocalPipelineService:
             )
         job.worker = worker
         try:
-            code, errors = await asyncio.get_running_loop().run_in_executor(self._worker_threads, worker.run, args)
+            loop = asyncio.get_running_loop()
+            code, errors = await loop.run_in_executor(self._worker_threads, worker.run, args)
         except WorkerDied as err:
             return -1, [str(err)]
         except asyncio.CancelledError:
-            _LOG.warning("Killing the pipetask worker writing %s (pid %s): its procedure stopped.", job.output, worker.pid)
+            _LOG.warning(
+                "Killing the pipetask worker writing %s (pid %s): its procedure stopped.", job.output, worker.pid
+            )
             worker.kill()
             raise
         finally:

@@ -45,6 +45,7 @@ from ..raw import RawImage
 from .isr import CALIBRATION_FLAGS, CpCalibrationConnections, CpIsrTask
 from ._memory import collect_garbage_after
 
+
 class CpVerifyDetectorConnections(
     CpCalibrationConnections,
     dimensions=("instrument", "exposure", "detector"),
