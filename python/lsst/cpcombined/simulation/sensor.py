@@ -32,7 +32,6 @@ from __future__ import annotations
 __all__ = ("simulate_raw_amps", "bf_alpha")
 
 import math
-import weakref
 
 import numba
 import numpy as np
@@ -53,10 +52,6 @@ _SCATTER_BELOW = 0.25
 
 #: Pixels per block of uniform deviates in the CDF inversion.
 _BLOCK = 1 << 18
-
-#: Per-detector decomposition of the dark current (see `_dark_model`),
-#: keyed by ``id`` of the (cached) `DetectorTruth`.
-_DARK_MODELS: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}
 
 
 def bf_alpha(mean_e: np.ndarray | float, a00: float) -> np.ndarray:
@@ -241,22 +236,6 @@ def _shot_deviation(lam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return dev
 
 
-def _dark_model(dt: DetectorTruth) -> tuple[float, np.ndarray, np.ndarray]:
-    """The dark current as a uniform base rate plus a sparse excess:
-    ``(base, flat indices of the pixels above it, their excess)``, cached
-    per detector truth."""
-    key = id(dt)
-    model = _DARK_MODELS.get(key)
-    if model is None:
-        dark = dt.dark_current.reshape(-1)
-        base = float(dark.min())
-        idx = np.flatnonzero(dark > base)
-        model = (base, idx, dark[idx] - base)
-        _DARK_MODELS[key] = model
-        weakref.finalize(dt, _DARK_MODELS.pop, key, None)
-    return model
-
-
 def _dark_charge(dt: DetectorTruth, dark_time: float, rng: np.random.Generator) -> np.ndarray:
     """Charge of a bias or dark (float32, assembled frame, not clipped).
 
@@ -266,7 +245,7 @@ def _dark_charge(dt: DetectorTruth, dark_time: float, rng: np.random.Generator) 
     """
     shape = dt.dark_current.shape
     t = max(dark_time, 0.0)
-    base, idx, excess = _dark_model(dt)
+    base, idx, excess = dt.dark_decomposition
     if base * t >= _POISSON_EXACT_BELOW:
         lam = (dt.dark_current * t).astype(np.float32)
         charge = _shot_deviation(lam, rng)
@@ -292,7 +271,7 @@ def _flat_expected_charge(
     response (× any fault's illumination gradient)."""
     lay = truth.layout
     t = max(dark_time, 0.0)
-    base, idx, excess = _dark_model(dt)
+    base, idx, excess = dt.dark_decomposition
     column_factor = np.ones(lay.detector_width)
     x = np.linspace(-0.5, 0.5, lay.detector_width)
     for f in faults:

@@ -197,6 +197,17 @@ class DetectorTruth:
     full_well: float
     a00: float
 
+    @functools.cached_property
+    def dark_decomposition(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """The dark current as a uniform base rate plus a sparse excess:
+        ``(base, flat indices of the pixels above it, their excess)`` (e-/s),
+        so that a dark's Poisson charge can be drawn as a uniform-mean
+        draw plus draws in the few hot pixels."""
+        dark = self.dark_current.reshape(-1)
+        base = float(dark.min())
+        idx = np.flatnonzero(dark > base)
+        return base, idx, dark[idx] - base
+
     @property
     def flat_field(self) -> np.ndarray:
         """Expected flat-field signal shape: illumination × response."""
