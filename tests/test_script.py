@@ -309,3 +309,42 @@ def test_local_service_modes_and_arguments(tmp_path):
         assert args[args.index("-d") + 1] == "q" and args[args.index("-b") + 1] == str(tmp_path)
     with pytest.raises(ValueError, match="'inprocess', 'workers' or 'subprocess'"):
         local.LocalPipelineService(tmp_path, mode="threads")
+
+
+def test_registry_calls_run_on_one_thread_one_at_a_time(repo, tmp_path, monkeypatch):
+    """The core's butler is used from one thread, never by two calls at once
+    (a certification in a thread beside a collection lookup on the event
+    loop once failed with SQLite's "cannot start a transaction within a
+    transaction")."""
+    import threading
+
+    import lsst.cpcombined.certify as certify_module
+    import lsst.cpcombined.script.core as core_module
+
+    calls: list[tuple[str, str, float, float]] = []
+
+    def recorded(name, func, pause=0.0):
+        def wrapper(*args, **kwargs):
+            t0 = time.monotonic()
+            time.sleep(pause)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                calls.append((name, threading.current_thread().name, t0, time.monotonic()))
+        return wrapper
+
+    monkeypatch.setattr(core_module, "collection_exists", recorded("exists", core_module.collection_exists, 0.02))
+    monkeypatch.setattr(certify_module, "certify_calibration", recorded("certify", lambda *a, **k: None, 0.3))
+    core = _core(tmp_path, pipelines=FakePipelines(delay=0.05))
+    asyncio.run(core.configure({"script_mode": "BIAS_DARK", "n_bias": 2, "n_dark": 2, "generate_calibrations": True,
+                                "do_verify": False, "repo": str(tmp_path / "repo")}))
+    try:
+        asyncio.run(core.run())
+    finally:
+        asyncio.run(core.cleanup())
+    assert core.summary.calibrations["bias"].certified and core.summary.calibrations["dark"].certified
+    names = [c[0] for c in calls]
+    assert names.count("certify") == 2 and "exists" in names
+    assert {c[1] for c in calls} == {"cpcombined-registry_0"}
+    spans = sorted((c[2], c[3]) for c in calls)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), "registry calls overlapped"

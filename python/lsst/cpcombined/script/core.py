@@ -36,13 +36,14 @@ __all__ = (
 )
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from lsst.daf.butler import Butler, CollectionType
 
@@ -52,6 +53,7 @@ from .schema import ConfigError, ScriptConfig, get_schema, validate_config
 from .state import StateStore
 
 _LOG = logging.getLogger("lsst.cpcombined.script")
+_T = TypeVar("_T")
 
 _TYPE_LABEL = {"bias": "Bias", "dark": "Dark", "flat": "Flat", "defects": "Defects", "ptc": "Ptc"}
 
@@ -167,7 +169,11 @@ class MakeCalibrationsCore:
         self.config: ScriptConfig | None = None
         self.summary = RunSummary(instrument=instrument)
         self._butler: Butler | None = None
-        self._certify_lock = asyncio.Lock()
+        # Every use of ``self._butler`` runs on this one thread: a Butler
+        # (its registry connection) must not be used by two threads at once
+        # (SQLite: "cannot start a transaction within a transaction").  It
+        # also serialises the procedure's own registry writes.
+        self._registry_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._tasks: dict[str, asyncio.Task] = {}
 
     # -- ScriptQueue contract ----------------------------------------------------
@@ -219,7 +225,10 @@ class MakeCalibrationsCore:
         """
         cfg = self._require_config()
         self.state = ScriptState.RUNNING
-        self._butler = Butler.from_config(cfg.repo, writeable=True)
+        self._registry_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="cpcombined-registry"
+        )
+        self._butler = await self._registry(Butler.from_config, cfg.repo, writeable=True)
         self.summary.run_id = self._run_id()
         try:
             await self._run_all(cfg)
@@ -247,8 +256,18 @@ class MakeCalibrationsCore:
     async def cleanup(self) -> None:
         """Release resources (nothing is left half-done by design)."""
         self._butler = None
+        if self._registry_thread is not None:
+            self._registry_thread.shutdown(wait=True)
+            self._registry_thread = None
 
     # -- helpers ------------------------------------------------------------------
+
+    async def _registry(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run ``func`` on the registry thread (see ``__init__``)."""
+        if self._registry_thread is None:
+            raise RuntimeError("the registry thread runs only during run()")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._registry_thread, lambda: func(*args, **kwargs))
 
     def _require_config(self) -> ScriptConfig:
         if self.config is None:
@@ -422,10 +441,8 @@ class MakeCalibrationsCore:
             self.progress(f"{label}: already done before the restart ({done['output']})")
             return JobResult(jobId=done["job_id"], phase="completed", exit_code=0, output_collection=done["output"])
         if done and not done.get("ok"):
-            self._remove_partial_output(done["output"])
-        inputs = [
-            c for i, c in enumerate(inputs) if c and c not in inputs[:i] and collection_exists(self._butler, c)
-        ]
+            await self._registry(self._remove_partial_output, done["output"])
+        inputs = await self._registry(self._existing_collections, inputs)
         config = f"-j {cfg.n_processes} -i {','.join(inputs)} -o {output} --register-dataset-types {options}".strip()
         timeout = max(
             120.0,
@@ -451,6 +468,14 @@ class MakeCalibrationsCore:
         jobs = dict(self.state_store.get("jobs", {}))
         jobs[label] = {"job_id": job_id, "output": output, "ok": ok}
         self.state_store.set("jobs", jobs)
+
+    def _existing_collections(self, collections: list[str]) -> list[str]:
+        """The collections that exist, in order, without repeats or blanks."""
+        return [
+            c
+            for i, c in enumerate(collections)
+            if c and c not in collections[:i] and collection_exists(self._butler, c)
+        ]
 
     def _remove_partial_output(self, output: str) -> None:
         """Remove what an interrupted job wrote (its chain and RUNs)."""
@@ -512,8 +537,11 @@ class MakeCalibrationsCore:
         )
         outcome.verification_collection = res.output_collection
         outcome.jobs[f"verify{label}"] = res.jobId
-        decision = self._butler.get(
-            f"verify{label}Decision", instrument=self.instrument, collections=res.output_collection
+        decision = await self._registry(
+            self._butler.get,
+            f"verify{label}Decision",
+            instrument=self.instrument,
+            collections=res.output_collection,
         )
         certify = bool(decision.get("CERTIFY", decision.get("certify")))
         outcome.decision = "pass" if certify else "fail"
@@ -535,11 +563,9 @@ class MakeCalibrationsCore:
         cfg = self._require_config()
         dataset_type = calib_type
         begin, end = cfg.certify_calib_begin_date, cfg.certify_calib_end_date
-        chain = self._calib_chain(cfg.calib_collection)
 
-        async def do() -> None:
-            await asyncio.to_thread(
-                certify_calibration,
+        def do() -> None:
+            certify_calibration(
                 self._butler,
                 dataset_type=dataset_type,
                 run=run_collection,
@@ -548,11 +574,10 @@ class MakeCalibrationsCore:
                 end=end,
                 decision_collection=outcome.verification_collection,
                 require_decision=calib_type in ("bias", "dark", "flat") and cfg.do_verify,
-                chain=chain,
+                chain=self._calib_chain(cfg.calib_collection),
             )
 
-        async with self._certify_lock:  # one registry writer at a time
-            await self._step(f"certify {calib_type}", do())
+        await self._step(f"certify {calib_type}", self._registry(do))
         outcome.certified = True
         outcome.calib_collection = cfg.calib_collection
         outcome.validity = (begin, end)
