@@ -606,3 +606,27 @@ def test_full_covariance_fit(ramp):
     # The model reproduces the measured covariances.
     model = ptc.covariance_model(mu[res.kept], full.a, full.c, full.noise, full.gain)
     assert np.allclose(model[:, 0, 0], covs[res.kept, 0, 0], rtol=0.02)
+
+
+def test_fixed_pattern_outliers_flag_a_dead_column_only():
+    """A column at 60 % response is flagged in both flats' mean image; the
+    Poisson pixels around it and a masked pixel are not."""
+    rng = np.random.default_rng(7)
+    shape = (300, 200)
+    response = np.ones(shape)
+    response[:, 57] = 0.6
+    im1 = rng.poisson(20000.0 * response).astype(np.float32)
+    im2 = rng.poisson(20500.0 * response).astype(np.float32)
+    mask1 = np.zeros(shape, dtype=np.uint8)
+    mask2 = np.zeros(shape, dtype=np.uint8)
+    mask2[10, 57] = 4  # a bad bit: that pixel is not used, so not flagged
+    im1[200, 30] = np.nan  # non-finite: not used
+    out = ptc.fixed_pattern_outliers(im1, im2, mask1, mask2, bad_bits=4, n_sigma=5.0, n_iter=3)
+    expected = np.zeros(shape, dtype=bool)
+    expected[:, 57] = True
+    expected[10, 57] = False
+    assert out.dtype == bool and out.shape == shape
+    np.testing.assert_array_equal(out, expected)
+    # Too few good pixels, or a non-positive level: nothing flagged.
+    assert not ptc.fixed_pattern_outliers(im1[:5, :5], im2[:5, :5], mask1[:5, :5], mask2[:5, :5], 4, 5.0, 3).any()
+    assert not ptc.fixed_pattern_outliers(-im1, im2, mask1, mask2, 4, 5.0, 3).any()

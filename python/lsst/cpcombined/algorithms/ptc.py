@@ -51,6 +51,7 @@ __all__ = (
     "fit_full_covariance",
     "fit_ptc",
     "fit_ptc_measurements",
+    "fixed_pattern_outliers",
     "gain_from_flat_pair",
     "gain_from_flat_pairs",
     "measure_pair",
@@ -396,6 +397,67 @@ def clipped_stats(
     if n == 0:
         return math.nan, math.nan, keep
     return float(mean), float(var), keep
+
+
+def fixed_pattern_outliers(
+    im1: np.ndarray,
+    im2: np.ndarray,
+    mask1: np.ndarray,
+    mask2: np.ndarray,
+    bad_bits: int,
+    n_sigma: float,
+    n_iter: int,
+) -> np.ndarray:
+    """Pixels of a flat pair whose level in the pair's mean image,
+    ``(I1/mu1 + I2/mu2)/2``, is a sigma-clipping outlier.
+
+    For Gaussian pixels the mean image is independent of the difference
+    image, so cutting on it does not bias the pair's variance; it removes
+    pixels whose response differs from their neighbours' (dead columns,
+    cold or hot pixels), whose variance differs too: a dead column holding
+    0.4 % of an amplifier's pixels lowers its pair variances by 0.4 %.
+
+    Parameters
+    ----------
+    im1, im2 : `numpy.ndarray`
+        The two flats of one amplifier (2-d, same shape).
+    mask1, mask2 : `numpy.ndarray`
+        Their mask planes (integer bit masks).
+    bad_bits : `int`
+        Mask bits of pixels not to use (never flagged).
+    n_sigma : `float`
+        Clipping threshold in standard deviations.
+    n_iter : `int`
+        Maximum number of clipping passes (as in `clipped_stats`).
+
+    Returns
+    -------
+    outliers : `numpy.ndarray`
+        Boolean array of the image shape, True for good pixels outside the
+        clipping window; all False when fewer than 100 pixels are good or
+        a flat's median is not positive.
+    """
+    good = np.isfinite(im1) & np.isfinite(im2) & ((mask1 & bad_bits) == 0) & ((mask2 & bad_bits) == 0)
+    out = np.zeros(im1.shape, dtype=bool)
+    n_good = int(np.count_nonzero(good))
+    if n_good < 100:
+        return out
+    # The normalisation only needs ~0.1 %: medians of a regular subsample of
+    # ~20000 good pixels are enough.
+    mu1 = float(np.median(_grid_sample(im1, good, n_good, 20000)))
+    mu2 = float(np.median(_grid_sample(im2, good, n_good, 20000)))
+    if not (mu1 > 0 and mu2 > 0):
+        return out
+    # The level is clipped on the 2-d image in place (the good pixels
+    # selected by a mask, no copies of the values).
+    with np.errstate(invalid="ignore", over="ignore"):
+        level = 0.5 * (im1 / mu1 + im2 / mu2)
+    _, _, _, lo, hi = _clipped_window(
+        level, (~good).view(np.uint8), n_good, _quartile_seed(level, good, n_good), n_sigma, n_iter
+    )
+    if lo > -math.inf:
+        out = good & ~((level >= lo) & (level <= hi))
+    return out
 
 
 #: `covariances_fft` takes the sums involving the weights from the pixels of

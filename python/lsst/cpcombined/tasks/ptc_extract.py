@@ -43,7 +43,8 @@ variance: a dead column holding 0.4 % of an amplifier's pixels lowers its
 pair variances by 0.4 % and raises its gain by as much.  Defects are masked
 when a ``defects`` calibration is found (``isr.doDefects``, optional
 prerequisite), and pixels whose level in the pair's mean image is a
-``fixedPatternNSigma`` outlier are left out as well (count in
+``fixedPatternNSigma`` outlier are left out as well
+(`~lsst.cpcombined.algorithms.ptc.fixed_pattern_outliers`; count in
 ``n_fixed_pattern``).
 
 Calibration units
@@ -219,46 +220,6 @@ class CpPtcExtractConfig(PipelineTaskConfig, pipelineConnections=CpPtcExtractCon
         if self.quickGainCovMaxLag < 0 or self.quickGainCovMaxLag > self.maxLag:
             raise ValueError("quickGainCovMaxLag must be in [0, maxLag]")
         bits(*self.badMaskPlanes)
-
-
-def _fixed_pattern_outliers(
-    im1: np.ndarray,
-    im2: np.ndarray,
-    mask1: np.ndarray,
-    mask2: np.ndarray,
-    bad_bits: int,
-    nsigma: float,
-    niter: int,
-) -> np.ndarray:
-    """Pixels of one amplifier whose level in the pair's mean image,
-    ``(I1/mu1 + I2/mu2)/2``, is an outlier (sigma-clipped, ``nsigma``).
-
-    For Gaussian pixels the mean image is independent of the difference
-    image, so cutting on it does not bias the pair's variance; it removes
-    pixels whose response differs (dead columns, cold or hot pixels), whose
-    variance differs too.
-    """
-    good = np.isfinite(im1) & np.isfinite(im2) & ((mask1 & bad_bits) == 0) & ((mask2 & bad_bits) == 0)
-    out = np.zeros(im1.shape, dtype=bool)
-    n_good = int(np.count_nonzero(good))
-    if n_good < 100:
-        return out
-    # The normalisation only needs ~0.1 %: medians of a regular subsample of
-    # ~20000 good pixels are enough.
-    mu1 = float(np.median(ptc_algo._grid_sample(im1, good, n_good, 20000)))
-    mu2 = float(np.median(ptc_algo._grid_sample(im2, good, n_good, 20000)))
-    if not (mu1 > 0 and mu2 > 0):
-        return out
-    # The level is clipped on the 2-d image in place (the good pixels
-    # selected by a mask, no copies of the values).
-    with np.errstate(invalid="ignore", over="ignore"):
-        level = 0.5 * (im1 / mu1 + im2 / mu2)
-    _, _, _, lo, hi = ptc_algo._clipped_window(
-        level, (~good).view(np.uint8), n_good, ptc_algo._quartile_seed(level, good, n_good), nsigma, niter
-    )
-    if lo > -math.inf:
-        out = good & ~((level >= lo) & (level <= hi))
-    return out
 
 
 def row_noise_factor(isr_config: CpIsrConfig, layout: AmpLayout) -> float:
@@ -492,7 +453,7 @@ class CpPtcExtractTask(PipelineTask):
                 a1, a2, mask1, mask2 = im1[ys, xs], im2[ys, xs], m1[ys, xs], m2[ys, xs]
                 n_fixed = 0
                 if cfg.fixedPatternNSigma > 0:
-                    outliers = _fixed_pattern_outliers(
+                    outliers = ptc_algo.fixed_pattern_outliers(
                         a1, a2, mask1, mask2, bad_bits, cfg.fixedPatternNSigma, cfg.nIter
                     )
                     n_fixed = int(outliers.sum())
