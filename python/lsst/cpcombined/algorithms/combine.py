@@ -70,6 +70,7 @@ __all__ = (
     "clipped_mean",
     "clipped_stats",
     "combine",
+    "regular_subsample",
     "window_moments",
     "write_npy_source",
 )
@@ -957,6 +958,18 @@ def as_rows(values: np.ndarray) -> np.ndarray:
     if values.ndim == 2:
         return values
     return values.reshape(1, -1) if values.ndim < 2 else values.reshape(-1, values.shape[-1])
+
+
+def regular_subsample(values: np.ndarray, max_size: int) -> np.ndarray:
+    """At most ``max_size`` of ``values`` (flattened), regularly spaced.
+
+    All of them when there are no more than ``max_size``; otherwise every
+    ``k``-th with ``k = size // max_size + 1``.  A view when ``values`` is
+    contiguous.  For the quartiles or the median that only seed or bound a
+    statistic computed on every value.
+    """
+    flat = np.asarray(values).reshape(-1)
+    return flat if flat.size <= max_size else flat[:: flat.size // max_size + 1]
 
 
 _NO_MASK = np.zeros((1, 1), np.uint8)

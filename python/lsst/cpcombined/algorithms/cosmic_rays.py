@@ -90,6 +90,7 @@ import numba
 import numpy as np
 
 from . import masks
+from .combine import regular_subsample
 
 _log = logging.getLogger(__name__)
 
@@ -359,10 +360,7 @@ def background_map(image: np.ndarray, good: np.ndarray | None = None, bin_size: 
 def _approx_median(values: np.ndarray, max_samples: int = 200_000) -> float:
     """Median of a regular subsample of at most ``max_samples`` values (a
     floor or a fallback level needs no more)."""
-    v = np.asarray(values).ravel()
-    if v.size > max_samples:
-        v = v[:: v.size // max_samples + 1]
-    return float(np.median(v))
+    return float(np.median(regular_subsample(values, max_samples)))
 
 
 #: Values used by `_robust_sigma` (a regular subsample of larger sets).

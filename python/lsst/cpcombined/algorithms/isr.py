@@ -82,6 +82,7 @@ from scipy.integrate import cumulative_trapezoid, trapezoid
 
 from ..camera import AMP_NAMES, AmpGeometry, AmpLayout
 from . import masks
+from .combine import regular_subsample
 
 if TYPE_CHECKING:
     from ..raw import RawImage
@@ -261,8 +262,7 @@ def clipped_std(values: np.ndarray, sigma: float = 3.0, max_iterations: int = 10
         return float("nan"), float("nan")
     # The quartiles only seed the iterations, which use every value: a
     # regular subsample of large inputs is enough (an overscan has ~10^5).
-    seed = x if x.size <= _SEED_SAMPLE else x[:: x.size // _SEED_SAMPLE + 1]
-    q25, center, q75 = np.percentile(seed, [25.0, 50.0, 75.0])
+    q25, center, q75 = np.percentile(regular_subsample(x, _SEED_SAMPLE), [25.0, 50.0, 75.0])
     s = (q75 - q25) / 1.3489795
     if not s > 0:
         s = float(np.std(x))

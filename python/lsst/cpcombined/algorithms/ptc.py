@@ -73,7 +73,7 @@ import scipy.signal
 from numba import njit
 
 from . import masks
-from .combine import window_moments
+from .combine import regular_subsample, window_moments
 
 _LOG = logging.getLogger(__name__)
 
@@ -279,8 +279,7 @@ def _quartile_seed(values: np.ndarray, good: np.ndarray | None, n_good: int | No
     of a 1-d array when ``good`` is `None`), or when there are more than
     `_QUARTILE_SAMPLE` of them, a regular subsample of about that many."""
     if good is None:
-        flat = values.reshape(-1)
-        return flat[:: -(-flat.size // _QUARTILE_SAMPLE)]
+        return regular_subsample(values, _QUARTILE_SAMPLE)
     if n_good is None:
         n_good = int(np.count_nonzero(good))
     return _grid_sample(values, good, n_good, _QUARTILE_SAMPLE)

@@ -123,7 +123,7 @@ import numpy as np
 from astropy.table import Table
 
 from . import masks
-from .combine import as_rows, window_moments
+from .combine import as_rows, regular_subsample, window_moments
 
 #: Calibration types that can be verified.
 CALIB_TYPES: tuple[str, ...] = ("bias", "dark", "flat")
@@ -316,8 +316,7 @@ def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> 
     n, mean, std = moments(-math.inf, math.inf, mean)  # centred on the mean: no cancellation
     # The quartiles only seed the clipping, which then iterates on all the
     # values: a regular subsample of large arrays is enough (and 10x faster).
-    flat = x.ravel()
-    sample = flat if flat.size <= _QUARTILE_SAMPLE else flat[:: flat.size // _QUARTILE_SAMPLE + 1]
+    sample = regular_subsample(x, _QUARTILE_SAMPLE)
     sample = sample[np.isfinite(sample)]
     q25, center, q75 = np.percentile(sample, [25.0, 50.0, 75.0]) if sample.size else (mean, mean, mean)
     sigma = _IQR_TO_SIGMA * (q75 - q25)
