@@ -296,19 +296,24 @@ def _block_medians_masked(values, data, mask, exclude, positive, ye, xe, stride)
     return grid
 
 
+@numba.njit(cache=True)
+def _interp_at(grid, y0, y1, wy, x0, x1, wx, y, x):  # pragma: no cover - numba
+    """Bilinear interpolation of the block values ``grid`` at pixel
+    ``(y, x)`` (float32); `_bilinear` is this at every pixel."""
+    w = wy[y]
+    r0 = grid[y0[y], x0[x]] * (1 - w) + grid[y1[y], x0[x]] * w
+    r1 = grid[y0[y], x1[x]] * (1 - w) + grid[y1[y], x1[x]] * w
+    return np.float32(r0 * (1 - wx[x]) + r1 * wx[x])
+
+
 @numba.njit(parallel=True, cache=True)
 def _bilinear(grid, y0, y1, wy, x0, x1, wx):  # pragma: no cover - numba
     """Bilinear interpolation of block values at every pixel (float32)."""
     ny, nx = y0.size, x0.size
     out = np.empty((ny, nx), dtype=np.float32)
     for y in numba.prange(ny):
-        a = grid[y0[y]]
-        b = grid[y1[y]]
-        w = wy[y]
         for x in range(nx):
-            r0 = a[x0[x]] * (1 - w) + b[x0[x]] * w
-            r1 = a[x1[x]] * (1 - w) + b[x1[x]] * w
-            out[y, x] = r0 * (1 - wx[x]) + r1 * wx[x]
+            out[y, x] = _interp_at(grid, y0, y1, wy, x0, x1, wx, y, x)
     return out
 
 
@@ -395,15 +400,6 @@ def _robust_sigma(values: np.ndarray, max_samples: int = _ROBUST_SAMPLES) -> flo
 # Both grids share the interpolation indices and weights (same blocks).
 
 _BKG_GRID, _BKG_ARRAY, _BKG_SCALAR = 0, 1, 2
-
-
-@numba.njit(cache=True)
-def _interp_at(grid, y0, y1, wy, x0, x1, wx, y, x):  # pragma: no cover - numba
-    """`_bilinear` at one pixel (same float32 result)."""
-    w = wy[y]
-    r0 = grid[y0[y], x0[x]] * (1 - w) + grid[y1[y], x0[x]] * w
-    r1 = grid[y0[y], x1[x]] * (1 - w) + grid[y1[y], x1[x]] * w
-    return np.float32(r0 * (1 - wx[x]) + r1 * wx[x])
 
 
 @numba.njit(cache=True)
@@ -579,6 +575,18 @@ def _detect_kernel(
 
 
 @numba.njit(cache=True)
+def _push(buf, n, value):  # pragma: no cover - numba
+    """``buf[n] = value``, into a copy of twice the size when ``buf`` is
+    full; returns the array holding the values."""
+    if n == buf.size:
+        bigger = np.empty(2 * buf.size, dtype=buf.dtype)
+        bigger[:n] = buf[:n]
+        buf = bigger
+    buf[n] = value
+    return buf
+
+
+@numba.njit(cache=True)
 def _find_byte(row, value, start):  # pragma: no cover - numba
     """First index ``>= start`` of ``value`` in ``row`` (``row.size`` if
     none)."""
@@ -638,11 +646,7 @@ def _features_kernel(
                         f = foot[yy, xx]
                         if f == 1 or f == 2:
                             foot[yy, xx] = 3
-                            if tail == queue.size:
-                                bigger = np.empty(2 * queue.size, dtype=np.int64)
-                                bigger[:tail] = queue[:tail]
-                                queue = bigger
-                            queue[tail] = yy * nx + xx
+                            queue = _push(queue, tail, yy * nx + xx)
                             tail += 1
             if tail < min_pixels:
                 continue
@@ -761,6 +765,15 @@ def _noise_model(
         ref = _approx_median(a64[vgood]) if vgood.any() else 1.0
     floor = np.float32(max(ref, 1e-30) * 1e-6)
     return float("nan"), _fill_grid(grid).astype(np.float32), floor
+
+
+def _exclusion(bitmask: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
+    """The kernels' exclusion test ``flags[y, x] & bit != 0`` for
+    ``bitmask & bits != 0``: ``(bitmask, bits)`` for a C-contiguous uint8
+    bitmask, else a uint8 flag array and 1."""
+    if bitmask.dtype == np.uint8 and bitmask.flags.c_contiguous:
+        return bitmask, int(bits) & 0xFF
+    return np.ascontiguousarray(((bitmask & bits) != 0).view(np.uint8)), 1
 
 
 def _round_down_f32(values: np.ndarray) -> np.ndarray:
@@ -910,12 +923,7 @@ def find_cosmic_rays(
 
     data = np.ascontiguousarray(img, dtype=np.float32)
     out_mask = np.array(bm, dtype=np.uint8, order="C", copy=True)
-    # the kernels read the exclusion from a uint8 array: the output copy
-    # (CR is set only after detection) or, for wider masks, a flag array
-    if bm.dtype == np.uint8 or not exclude_bits:
-        excl_mask, exclude = out_mask, int(exclude_bits) & 0xFF
-    else:
-        excl_mask, exclude = np.ascontiguousarray(((bm & exclude_bits) != 0).view(np.uint8)), 1
+    excl_mask, exclude = _exclusion(bm, exclude_bits)
 
     ny, nx = shape
     ye, xe = _edges(ny, bin_size), _edges(nx, bin_size)
@@ -1083,11 +1091,7 @@ def _repair_kernel(
             if cnt > 0:
                 out[y, x] = _median_inplace(buf, cnt)
             else:
-                if n_missing == missing.size:
-                    bigger = np.empty(2 * missing.size, dtype=np.int64)
-                    bigger[:n_missing] = missing[:n_missing]
-                    missing = bigger
-                missing[n_missing] = y * nx + x
+                missing = _push(missing, n_missing, y * nx + x)
                 n_missing += 1
             bitmask[y, x] |= intrp_bit
     return missing[:n_missing]
@@ -1159,12 +1163,10 @@ def repair_cosmic_rays(
 
     cr = np.ascontiguousarray(result.cr_mask, dtype=np.bool_)
     cr8 = cr.view(np.uint8)
-    # source exclusion read from a uint8 array (the bitmask itself, or flags)
-    if bitmask.dtype == np.uint8 and bitmask.flags.c_contiguous:
-        excl, exclude, intrp_target = bitmask, int(source_exclude_bits) & 0xFF, bitmask
-    else:
-        excl, exclude = np.ascontiguousarray(((bitmask & source_exclude_bits) != 0).view(np.uint8)), 1
-        intrp_target = np.zeros(img.shape, dtype=np.uint8)
+    excl, exclude = _exclusion(bitmask, source_exclude_bits)
+    # INTRP is or-ed into the bitmask by the kernel when that is the array
+    # it reads (only CR pixels change), else into a scratch array
+    intrp_target = bitmask if excl is bitmask else np.zeros(img.shape, dtype=np.uint8)
     src_img = img if img.dtype in (np.float32, np.float64) else img.astype(np.float64)
     rad = max(1, int(radius))
     intrp = masks.BIT["INTRP"]
