@@ -20,11 +20,11 @@ import astropy.io.fits as fits
 import astropy.units as u
 import numpy as np
 from lsst.daf.butler import DatasetProvenance, FormatterV2
-from lsst.images import Box, Image, Mask, MaskedImage, MaskSchema
+from lsst.images import Box, Image, Mask, MaskedImage
 from lsst.images.formatters import GenericFormatter
 from lsst.resources import ResourcePath
 
-from .algorithms.masks import MASK_SCHEMA, PLANES, from_mask
+from .algorithms.masks import BIT, MASK_SCHEMA, PLANES, from_mask
 
 #: Planes written without compression.  The mask (written as int32 for afw
 #: compatibility) would compress well, but GZIP costs ~0.4 s per full-size
@@ -60,9 +60,8 @@ def _unit(text: str) -> u.UnitBase | None:
     return None if not text else u.Unit(text)
 
 
-def _plane_cards(schema: MaskSchema) -> dict[str, int]:
-    """``MP_<plane>`` bit numbers of a single-byte schema."""
-    return {plane.name: i for i, plane in enumerate(schema) if plane is not None}
+#: Bit number of each mask plane of `MASK_SCHEMA` (the ``MP_<plane>`` cards).
+_PLANE_BITS: dict[str, int] = {name: i for i, (name, _) in enumerate(PLANES)}
 
 
 def write_proc_image(
@@ -93,14 +92,10 @@ def write_proc_image(
     ValueError
         If the mask has planes cp_combined does not know.
     """
-    mask = mi.mask
-    if mask.schema == MASK_SCHEMA:
-        mask_array = mask.array[:, :, 0]
-    else:
-        unknown = set(mask.schema.names) - {name for name, _ in PLANES}
-        if unknown:
-            raise ValueError(f"mask planes {sorted(unknown)} are not cp_combined planes: cannot write {path}")
-        mask_array = from_mask(mask)
+    unknown = set(mi.mask.schema.names) - set(BIT)
+    if unknown:
+        raise ValueError(f"mask planes {sorted(unknown)} are not cp_combined planes: cannot write {path}")
+    mask_array = from_mask(mi.mask)
     primary = fits.PrimaryHDU()
     primary.header["CPFORMAT"] = PROC_FORMAT
     primary.header["BBOX_Y0"] = int(mi.bbox.y.start)
@@ -114,7 +109,7 @@ def write_proc_image(
         image.header["BUNIT"] = unit.to_string()
         variance.header["BUNIT"] = (unit**2).to_string()
     mask_hdu = fits.ImageHDU(np.ascontiguousarray(mask_array, dtype=np.uint8), name="MASK")
-    for name, bit in _plane_cards(MASK_SCHEMA).items():
+    for name, bit in _PLANE_BITS.items():
         key = f"MP_{name}"
         mask_hdu.header[key if len(key) <= 8 else f"HIERARCH {key}"] = bit
     md = json.dumps(dict(mi.metadata), allow_nan=True).encode()
@@ -129,7 +124,7 @@ def _native(array: np.ndarray) -> np.ndarray:
 def _mask_from_file(array: np.ndarray, header: fits.Header) -> np.ndarray:
     """Bits of a stored mask translated to `MASK_SCHEMA` by plane name."""
     stored = {key[3:]: int(header[key]) for key in header if key.startswith("MP_")}
-    ours = _plane_cards(MASK_SCHEMA)
+    ours = _PLANE_BITS
     if stored == ours:
         return np.ascontiguousarray(array, dtype=np.uint8)
     unknown = set(stored) - set(ours)
