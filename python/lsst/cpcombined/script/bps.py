@@ -433,6 +433,11 @@ class BpsPipelineService:
                     return
                 time.sleep(0.1)
 
+    async def _stop(self, job: _Job) -> None:
+        """Kill the workflow (`_kill`, off the event loop) and reap it."""
+        await asyncio.to_thread(self._kill, job)
+        await job.process.wait()
+
     async def wait_result(self, job_id: str, timeout: float) -> JobResult:
         """Wait for the workflow and check its status (see the module doc)."""
         job = self._jobs[job_id]
@@ -445,12 +450,10 @@ class BpsPipelineService:
             # workflow nobody waits for must not go on writing to the repo.
             if job.process.returncode is None:
                 _LOG.warning("Killing the bps workflow writing %s: its procedure stopped.", job.output)
-                self._kill(job)
-                await job.process.wait()
+                await self._stop(job)
             raise
         except TimeoutError:
-            await asyncio.to_thread(self._kill, job)
-            await job.process.wait()
+            await self._stop(job)
             return JobResult(
                 jobId=job_id,
                 phase="aborted",
