@@ -348,3 +348,23 @@ def test_registry_calls_run_on_one_thread_one_at_a_time(repo, tmp_path, monkeypa
     assert {c[1] for c in calls} == {"cpcombined-registry_0"}
     spans = sorted((c[2], c[3]) for c in calls)
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), "registry calls overlapped"
+
+
+def test_child_of_a_parent_already_gone_ends_at_once():
+    """A worker whose procedure was killed while the worker was still
+    starting (before it could ask for SIGKILL on its parent's death) must not
+    go on to run a job left in its pipe: die_with_parent ends it when its
+    parent is no longer the one that started it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from lsst.cpcombined.script.worker import die_with_parent\n"
+        "die_with_parent(os.getppid() + int(sys.argv[1]))\n"
+        "print('alive')\n"
+    )
+    same = subprocess.run([sys.executable, "-c", code, "0"], capture_output=True, text=True, timeout=120)
+    assert same.returncode == 0 and same.stdout.strip() == "alive"
+    gone = subprocess.run([sys.executable, "-c", code, "1000000"], capture_output=True, text=True, timeout=120)
+    assert gone.returncode == -9 and "alive" not in gone.stdout

@@ -11,11 +11,11 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import itertools
 import logging
 import os
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -26,7 +26,7 @@ from ..pipetask import run_pipetask
 from ..simulation import SimulationTruth
 from ..simulation.camera import READOUT_SECONDS, SimulatedCamera
 from .protocols import JobResult
-from .worker import WarmWorker, WorkerDied
+from .worker import WarmWorker, WorkerDied, die_with_parent
 
 _LOG = logging.getLogger(__name__)
 
@@ -127,17 +127,6 @@ class ButlerRawWaiter:
                     f"{len(missing)} raw(s) not in the repository after {timeout:g} s (exposure/detector: {sample})"
                 )
             await asyncio.sleep(self._poll)
-
-
-def _die_with_parent() -> None:
-    """In a child process: get SIGKILL when the parent dies (Linux), so that
-    a killed procedure leaves no pipetask running behind it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: nothing to do
-        pass
 
 
 @dataclasses.dataclass
@@ -262,7 +251,7 @@ class LocalPipelineService:
                 *args,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
             try:
                 _, stderr = await job.process.communicate()

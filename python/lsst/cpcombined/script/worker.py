@@ -10,11 +10,13 @@ invocation, butler and quantum graph; only the interpreter is reused).
 
 from __future__ import annotations
 
-__all__ = ("WarmWorker", "WorkerDied")
+__all__ = ("WarmWorker", "WorkerDied", "die_with_parent")
 
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
+import signal
 from collections.abc import Sequence
 
 _LOG = logging.getLogger(__name__)
@@ -29,18 +31,37 @@ _WARM_IMPORTS = (
 )
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """In a child process: get SIGKILL when the parent dies (Linux), so that
+    a killed procedure leaves no pipetask running behind it.
+
+    The kernel only signals a parent death that comes after this call: a
+    child whose parent ``parent_pid`` is already gone (killed while the
+    child was starting) ends here at once, before it can run a job it was
+    sent.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: only the check below
+        pass
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class WorkerDied(RuntimeError):
     """The worker process ended while running a job (killed or crashed)."""
 
 
-def _worker_loop(conn: multiprocessing.connection.Connection) -> None:  # pragma: no cover - child process
+def _worker_loop(
+    conn: multiprocessing.connection.Connection, parent_pid: int
+) -> None:  # pragma: no cover - child process
     """Body of a worker process: import, then run ``pipetask`` argument
     lists received on ``conn`` until it is closed."""
     import importlib
 
-    from .local import _die_with_parent
-
-    _die_with_parent()
+    die_with_parent(parent_pid)
     for name in _WARM_IMPORTS:
         try:
             importlib.import_module(name)
@@ -68,7 +89,9 @@ class WarmWorker:
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_loop, args=(child,), daemon=True, name="cpcombined-pipetask")
+        self.process = ctx.Process(
+            target=_worker_loop, args=(child, os.getpid()), daemon=True, name="cpcombined-pipetask"
+        )
         self.process.start()
         child.close()
 
