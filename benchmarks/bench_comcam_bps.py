@@ -94,7 +94,7 @@ def _peak_rss_gb() -> float:
 
 def _run_stage_here(spec: str) -> None:
     """Child process: one in-process pipetask run; prints a JSON result."""
-    from lsst.cpcombined.pipetask import run_pipetask
+    from lsst.cpcombined.script.pipetask import run_pipetask
 
     pargs = json.loads(spec)
     handler = _TaskTimes()
@@ -226,9 +226,9 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("CPCOMBINED_DIR", str(ROOT))
-    from lsst.cpcombined.pipetask import pipetask_run_args
-    from lsst.cpcombined.repo import create_repo
+    from lsst.cpcombined.repo.create import create_repo
     from lsst.cpcombined.script.bps import BpsPipelineService, read_workflow_status
+    from lsst.cpcombined.script.pipetask import pipetask_run_args
     from lsst.cpcombined.simulation import SimulationTruth
     from lsst.cpcombined.simulation.camera import SimulatedCamera
     from lsst.daf.butler import Butler

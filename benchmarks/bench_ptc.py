@@ -45,8 +45,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="geometry_scale (1 = full size)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from lsst.cpcombined.pipetask import pipetask_run_args, run_pipetask
-    from lsst.cpcombined.repo import create_repo
+    from lsst.cpcombined.repo.create import create_repo
+    from lsst.cpcombined.script.pipetask import pipetask_run_args, run_pipetask
     from lsst.cpcombined.simulation import SimulationTruth
     from lsst.cpcombined.simulation.camera import SimulatedCamera
 

@@ -37,7 +37,7 @@ def real_data() -> Path:
 @pytest.fixture
 def repo(tmp_path: Path):
     """A fresh embedded (SQLite) repository with both instruments registered."""
-    from lsst.cpcombined.repo import create_repo
+    from lsst.cpcombined.repo.create import create_repo
 
     return create_repo(tmp_path / "repo")
 
@@ -51,9 +51,9 @@ def run_cp_pipeline(repo_root, instrument: str, name: str, *, inputs, output: st
                     extra=()):
     """Run ``pipelines/<instrument>/<name>.yaml`` with the in-process pipetask.
 
-    Returns the `~lsst.cpcombined.pipetask.PipetaskResult`.
+    Returns the `~lsst.cpcombined.script.pipetask.PipetaskResult`.
     """
-    from lsst.cpcombined.pipetask import pipetask_run_args, run_pipetask
+    from lsst.cpcombined.script.pipetask import pipetask_run_args, run_pipetask
 
     pipeline = Path(__file__).resolve().parents[1] / "pipelines" / instrument / f"{name}.yaml"
     args = pipetask_run_args(

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import yaml
 from conftest import postgres_database, run_cp_pipeline
-from lsst.cpcombined.ingest import ingest_raws
-from lsst.cpcombined.repo import create_repo
+from lsst.cpcombined.obs.ingest import ingest_raws
+from lsst.cpcombined.repo.create import create_repo
 from lsst.cpcombined.script.bps import (
     BpsPipelineService,
     bps_environment,

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from lsst.cpcombined import LATISS, LSSTComCam
-from lsst.cpcombined.camera import AMP_NAMES, AmpLayout
+from lsst.cpcombined.obs.camera import AMP_NAMES, AmpLayout
 
 
 def _rows(real_data, name):
@@ -128,4 +128,4 @@ def test_register_instrument_cli(tmp_path):
     filters = {r.name for r in butler.query_dimension_records("physical_filter", instrument="LATISS")}
     assert {"SDSSr_65mm~empty", "SDSSg_65mm~empty", "empty~empty"} <= filters
     inst = butler.query_dimension_records("instrument", instrument="LATISS")[0]
-    assert inst.class_name == "lsst.cpcombined.instrument.LATISS"
+    assert inst.class_name == "lsst.cpcombined.obs.instrument.LATISS"

@@ -1,5 +1,5 @@
 """Certification of calibrations into CALIBRATION collections
-(`lsst.cpcombined.certify`): decision gating, overlap conflicts (clear
+(`lsst.cpcombined.repo.certify`): decision gating, overlap conflicts (clear
 error, nothing changed, atomic over data IDs), idempotent re-runs, direct
 certification of defects/PTC, chains.
 
@@ -14,9 +14,9 @@ import astropy.time
 import numpy as np
 import pytest
 from astropy.table import Table
-from lsst.cpcombined import certify as certify_module
 from lsst.cpcombined.algorithms.verify import verify_run
-from lsst.cpcombined.certify import (
+from lsst.cpcombined.repo import certify as certify_module
+from lsst.cpcombined.repo.certify import (
     CertificationConflict,
     CertificationError,
     CertificationRefused,
@@ -24,8 +24,8 @@ from lsst.cpcombined.certify import (
     decision_dataset_type,
     resolve_run,
 )
-from lsst.cpcombined.products import to_masked_image
-from lsst.cpcombined.repo import collection_exists
+from lsst.cpcombined.repo.collections import collection_exists
+from lsst.cpcombined.repo.products import to_masked_image
 from lsst.cpcombined.tasks.verify_decision import CpVerifyDecisionConfig, CpVerifyDecisionTask
 from lsst.daf.butler import CollectionType, DatasetType, Timespan
 

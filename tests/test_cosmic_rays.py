@@ -11,8 +11,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from scipy import ndimage
-
 from lsst.cpcombined.algorithms import masks
 from lsst.cpcombined.algorithms.cosmic_rays import (
     CosmicRayOverflowError,
@@ -20,6 +18,7 @@ from lsst.cpcombined.algorithms.cosmic_rays import (
     find_cosmic_rays,
     repair_cosmic_rays,
 )
+from scipy import ndimage
 
 SIGMA = 8.0
 SHAPE = (512, 512)
@@ -400,7 +399,6 @@ def test_same_result_with_one_and_two_threads():
 
 def test_block_median_equals_numpy_median():
     import numba
-
     from lsst.cpcombined.algorithms.cosmic_rays import _median_f32
 
     @numba.njit

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.table import Table
-
 from lsst.cpcombined.algorithms import masks
 from lsst.cpcombined.algorithms.defects import (
     BOX_COLUMNS,
@@ -29,7 +28,7 @@ from lsst.cpcombined.algorithms.defects import (
     table_to_boxes,
     table_to_mask,
 )
-from lsst.cpcombined.camera import AMP_NAMES, AmpLayout
+from lsst.cpcombined.obs.camera import AMP_NAMES, AmpLayout
 
 LAYOUT = AmpLayout.scaled(0.125)
 SHAPE = (LAYOUT.detector_height, LAYOUT.detector_width)  # (500, 512)

@@ -34,8 +34,8 @@ from conftest import run_cp_pipeline
 from lsst.cpcombined.algorithms.defects import border_mask, mask_to_table, table_to_mask
 from lsst.cpcombined.algorithms.masks import BIT
 from lsst.cpcombined.errors import CpInputError
-from lsst.cpcombined.products import to_masked_image
-from lsst.cpcombined.repo import create_repo
+from lsst.cpcombined.repo.create import create_repo
+from lsst.cpcombined.repo.products import to_masked_image
 from lsst.cpcombined.simulation import SimulationTruth
 from lsst.cpcombined.simulation.camera import SimulatedCamera
 from lsst.cpcombined.tasks.measure_defects import CpMeasureDefectsConfig, CpMeasureDefectsTask
@@ -152,7 +152,7 @@ def test_each_source_finds_its_defects(latiss):
 
 def test_defects_usable_by_isr(latiss):
     """The defects product is what CpIsrTask expects (dimensions, storage class)."""
-    from lsst.cpcombined.tasks.isr import CpIsrConnections, CpIsrConfig
+    from lsst.cpcombined.tasks.isr import CpIsrConfig, CpIsrConnections
 
     cfg = CpIsrConfig()
     cfg.doDefects = True

@@ -9,12 +9,11 @@ import astropy.io.fits as fits
 import astropy.units as u
 import numpy as np
 import pytest
+from lsst.cpcombined.algorithms.masks import BIT, from_mask
+from lsst.cpcombined.repo.formatters import PROC_FORMAT, read_proc_image, write_proc_image
+from lsst.cpcombined.repo.products import ButlerBlockSource, from_masked_image, read_header, to_masked_image
 from lsst.daf.butler import DatasetType
 from lsst.images import Box, Mask, MaskPlane, MaskSchema
-
-from lsst.cpcombined.algorithms.masks import BIT, from_mask
-from lsst.cpcombined.formatters import PROC_FORMAT, read_proc_image, write_proc_image
-from lsst.cpcombined.products import ButlerBlockSource, from_masked_image, read_header, to_masked_image
 
 
 def _product(ny: int = 40, nx: int = 30, seed: int = 3):

@@ -11,8 +11,8 @@ from conftest import run_cp_pipeline
 from lsst.cpcombined.algorithms.combine import clipped_stats
 from lsst.cpcombined.algorithms.isr import amp_regions
 from lsst.cpcombined.algorithms.masks import bits, from_mask
-from lsst.cpcombined.products import read_input_provenance, read_percentiles
-from lsst.cpcombined.repo import create_repo
+from lsst.cpcombined.repo.create import create_repo
+from lsst.cpcombined.repo.products import read_input_provenance, read_percentiles
 from lsst.cpcombined.simulation import SimulationTruth
 from lsst.cpcombined.simulation.camera import DARK_OVERHEAD_SECONDS, SimulatedCamera
 

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 from astropy.io import fits
-from lsst.cpcombined.ingest import IngestError, ingest_raws
-from lsst.cpcombined.raw import RawFormatError, read_raw_file
+from lsst.cpcombined.obs.ingest import IngestError, ingest_raws
+from lsst.cpcombined.obs.raw import RawFormatError, read_raw_file
 
 
 def _state(butler):
@@ -100,7 +100,7 @@ def test_read_raw_file_errors(tmp_path, real_data):
     empty = tmp_path / "empty.fits"
     fits.PrimaryHDU().writeto(empty)
     with pytest.raises(RawFormatError, match="no amplifier"):
-        from lsst.cpcombined.raw import read_raw_header
+        from lsst.cpcombined.obs.raw import read_raw_header
 
         read_raw_header(empty)
     src = real_data / "raw" / "latiss-3018092000065-det000.fits"

@@ -6,8 +6,6 @@ import time
 
 import numpy as np
 import pytest
-from lsst.images import Image
-
 from lsst.cpcombined.algorithms import masks
 from lsst.cpcombined.algorithms.isr import (
     CalibFrame,
@@ -20,8 +18,9 @@ from lsst.cpcombined.algorithms.isr import (
     row_subtraction_variance_factor,
     run_calib_isr,
 )
-from lsst.cpcombined.camera import AMP_NAMES, AmpLayout
-from lsst.cpcombined.raw import RawImage
+from lsst.cpcombined.obs.camera import AMP_NAMES, AmpLayout
+from lsst.cpcombined.obs.raw import RawImage
+from lsst.images import Image
 
 LAYOUT = AmpLayout.scaled(0.125)  # 64 x 250 data, 64 serial / 48 parallel overscan
 N_SERIAL = LAYOUT.serial_overscan - 6  # columns used by the default row median

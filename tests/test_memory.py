@@ -9,10 +9,9 @@ import weakref
 
 import astropy.units as u
 import numpy as np
-from lsst.daf.butler import DatasetType
-
-from lsst.cpcombined.products import to_masked_image
+from lsst.cpcombined.repo.products import to_masked_image
 from lsst.cpcombined.tasks._memory import collect_garbage_after
+from lsst.daf.butler import DatasetType
 
 
 def _read_keeping_a_weakref(butler, refs: list) -> None:

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from lsst.cpcombined.algorithms.normalization import (
     build_level_matrix,
     solve_focal_plane_normalization,

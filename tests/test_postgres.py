@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import postgres_database
-from lsst.cpcombined import certify as certify_module
 from lsst.cpcombined.algorithms import defects as defects_algo
-from lsst.cpcombined.certify import CertificationConflict, certify_calibration
-from lsst.cpcombined.cli import main as cli_main
-from lsst.cpcombined.repo import create_repo
+from lsst.cpcombined.cli.main import main as cli_main
+from lsst.cpcombined.repo import certify as certify_module
+from lsst.cpcombined.repo.certify import CertificationConflict, certify_calibration
+from lsst.cpcombined.repo.create import create_repo
 from lsst.daf.butler import Butler, CollectionType, DatasetType
 
 pytestmark = pytest.mark.postgres
@@ -116,7 +116,7 @@ def test_two_procedures_write_to_one_repo_at_once(postgres_url, tmp_path):
             "certify_calib_begin_date": "2020-01-01", "certify_calib_end_date": "2050-01-01",
             "execution": {"pipeline_mode": "inprocess"},
         }))
-        cmd = [sys.executable, "-c", "import sys; from lsst.cpcombined.cli import main; sys.exit(main())",
+        cmd = [sys.executable, "-c", "import sys; from lsst.cpcombined.cli.main import main; sys.exit(main())",
                "--log-level", "WARNING", "run", str(path), "--repo", str(root),
                "--summary-json", str(tmp_path / f"{name}.json")]
         procs[name] = (time.monotonic(), subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lsst.daf.butler import Butler
 from lsst.cpcombined.script.runner import run_procedure
+from lsst.daf.butler import Butler
 
 SMALL = {"seed": 3, "geometry_scale": 0.125}
 
@@ -158,7 +158,7 @@ def test_killed_run_resumes_without_duplicates(tmp_path):
     }
     path = _write(tmp_path, "c.yaml", config)
     repo = tmp_path / "repo"
-    cmd = [sys.executable, "-m", "lsst.cpcombined.cli", "run", str(path), "--repo", str(repo),
+    cmd = [sys.executable, "-m", "lsst.cpcombined.cli.main", "run", str(path), "--repo", str(repo),
            "--summary-json", str(tmp_path / "s.json")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

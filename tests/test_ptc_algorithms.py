@@ -13,9 +13,8 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import norm
-
 from lsst.cpcombined.algorithms import masks, ptc
+from scipy.stats import norm
 
 # ---------------------------------------------------------------------------
 # Synthetic data

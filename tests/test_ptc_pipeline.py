@@ -37,15 +37,15 @@ import astropy.units as u
 import numpy as np
 import pytest
 from astropy.table import Table
-from lsst.daf.butler import DatasetType
 from conftest import exposure_query, run_cp_pipeline
 from lsst.cpcombined.algorithms.ptc import ptc_model
-from lsst.cpcombined.pipetask import pipetask_run_args, run_pipetask
-from lsst.cpcombined.products import to_masked_image
-from lsst.cpcombined.repo import create_repo
+from lsst.cpcombined.repo.create import create_repo
+from lsst.cpcombined.repo.products import to_masked_image
+from lsst.cpcombined.script.pipetask import pipetask_run_args, run_pipetask
 from lsst.cpcombined.simulation import SimulationTruth
 from lsst.cpcombined.simulation.camera import SimulatedCamera
 from lsst.cpcombined.tasks.ptc_solve import CpPtcSolveConfig, CpPtcSolveTask
+from lsst.daf.butler import DatasetType
 
 FLUX = 10000.0  # e-/s
 FULL_WELL = 150000.0  # e-

@@ -218,7 +218,6 @@ def test_ocps_result_shape():
 )
 def test_run_config_rejects_bad_execution(tmp_path, execution, message):
     import yaml
-
     from lsst.cpcombined.script.runner import load_run_config
 
     path = tmp_path / "run.yaml"
@@ -318,7 +317,7 @@ def test_registry_calls_run_on_one_thread_one_at_a_time(repo, tmp_path, monkeypa
     transaction")."""
     import threading
 
-    import lsst.cpcombined.certify as certify_module
+    import lsst.cpcombined.repo.certify as certify_module
     import lsst.cpcombined.script.core as core_module
 
     calls: list[tuple[str, str, float, float]] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lsst.cpcombined.cli import main as cpcombined
+from lsst.cpcombined.cli.main import main as cpcombined
 from lsst.cpcombined.simulation import SimulationTruth, TruthError
 from lsst.cpcombined.simulation.camera import SimulatedCamera
 from lsst.cpcombined.simulation.sensor import _bf_charge, _dark_charge, _poisson_uniform, simulate_raw_amps

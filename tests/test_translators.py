@@ -7,8 +7,8 @@ import astropy.units as u
 import pytest
 import yaml
 from astro_metadata_translator import ObservationInfo
-from lsst.cpcombined import translators  # noqa: F401  (registers translators)
-from lsst.cpcombined.translators import compute_exposure_id
+from lsst.cpcombined.obs import translators  # noqa: F401  (registers translators)
+from lsst.cpcombined.obs.translators import compute_exposure_id
 
 # file: (instrument, exposure_id, observation_type, observation_reason,
 #        physical_filter, exposure_time, dark_time, group, name, num, serial,

@@ -37,8 +37,9 @@ import numpy as np
 import pytest
 from conftest import run_cp_pipeline
 from lsst.cpcombined.algorithms import defects as defects_algo
-from lsst.cpcombined.certify import CertificationRefused, certify_calibration
-from lsst.cpcombined.repo import collection_exists, create_repo
+from lsst.cpcombined.repo.certify import CertificationRefused, certify_calibration
+from lsst.cpcombined.repo.collections import collection_exists
+from lsst.cpcombined.repo.create import create_repo
 from lsst.cpcombined.simulation import SimulationTruth
 from lsst.cpcombined.simulation.camera import SimulatedCamera
 from lsst.cpcombined.tasks.verify_decision import CpVerifyDecisionTask

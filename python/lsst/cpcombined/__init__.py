@@ -26,7 +26,7 @@ __all__ = ("LATISS", "LSSTComCam", "get_instrument")
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from . import instrument
+        from .obs import instrument
 
         return getattr(instrument, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,10 +8,25 @@ packages' locations (only those not already set).
 
 from __future__ import annotations
 
+__all__ = ("package_root", "product_dirs")
+
 import importlib
 import os
 import shlex
 from pathlib import Path
+
+
+def package_root() -> Path:
+    """Root of the cp_combined source tree (``$CPCOMBINED_DIR`` when set).
+
+    Pipelines are found under ``<root>/pipelines`` and butler configuration
+    under ``<root>/config``.
+    """
+    env = os.environ.get("CPCOMBINED_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3]
+
 
 #: eups product directory variables and a module inside each product.
 _PRODUCTS = {

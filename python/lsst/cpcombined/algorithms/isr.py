@@ -1,7 +1,7 @@
 """Instrument signature removal (ISR) for building and verifying calibrations.
 
 This module holds the pure-numpy steps that turn one detector's raw frame
-(`lsst.cpcombined.raw.RawImage`) into a trimmed, assembled image with a mask
+(`lsst.cpcombined.obs.raw.RawImage`) into a trimmed, assembled image with a mask
 and a variance plane, and that apply combined calibrations to it:
 
 1. **Serial overscan** (per amplifier): a per-row statistic (median by
@@ -80,12 +80,12 @@ import numpy as np
 from scipy import special
 from scipy.integrate import cumulative_trapezoid, trapezoid
 
-from ..camera import AMP_NAMES, AmpGeometry, AmpLayout
+from ..obs.camera import AMP_NAMES, AmpGeometry, AmpLayout
 from . import masks
 from .combine import regular_subsample
 
 if TYPE_CHECKING:
-    from ..raw import RawImage
+    from ..obs.raw import RawImage
 
 #: Overscan statistics understood by `reduce_axis`.
 OVERSCAN_STATISTICS: tuple[str, ...] = ("median", "mean", "clipped_mean")
@@ -507,7 +507,7 @@ def assemble_raw(
     Parameters
     ----------
     raw
-        `lsst.cpcombined.raw.RawImage`.
+        `lsst.cpcombined.obs.raw.RawImage`.
     statistic, serial_skip, do_parallel, parallel_statistic, parallel_skip, noise_clip_sigma
         See `overscan_correct_amp`.
     saturation
@@ -799,7 +799,7 @@ def run_calib_isr(
     Parameters
     ----------
     raw
-        `lsst.cpcombined.raw.RawImage`.
+        `lsst.cpcombined.obs.raw.RawImage`.
     gains
         Per-amp gains in e-/ADU (mapping keyed by amp name, or a scalar).
         Used for the conversion (``apply_gains``), for the noise in

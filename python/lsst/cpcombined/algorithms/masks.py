@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = ("BIT", "MASK_SCHEMA", "PLANES", "bits", "from_mask", "to_mask")
 
 import numpy as np
+
 from lsst.images import Mask, MaskPlane, MaskSchema
 
 #: Mask planes, in bit order, with their meaning.

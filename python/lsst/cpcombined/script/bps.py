@@ -49,16 +49,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lsst.ctrl.bps.parsl.configuration import get_bps_config_value
-from lsst.ctrl.bps.parsl.site import SiteConfig
 from parsl.executors import ThreadPoolExecutor
 
+from lsst.ctrl.bps.parsl.configuration import get_bps_config_value
+from lsst.ctrl.bps.parsl.site import SiteConfig
+
+from ..env import package_root
 from .protocols import JobResult
 
 _LOG = logging.getLogger(__name__)
-
-#: Package root (``$CPCOMBINED_DIR`` when it is not set).
-_PACKAGE_ROOT = Path(__file__).resolve().parents[4]
 
 #: ``pipetask run`` options that only make sense when running quanta.
 _RUN_ONLY_OPTIONS = {"--fail-fast", "--no-raise-on-partial-outputs", "--raise-on-partial-outputs"}
@@ -78,7 +77,7 @@ _PARSL_FAILURE = re.compile(r"bash_app (?P<label>\S+) failed with unix exit code
 
 def default_site_config() -> str:
     """The local parsl site configuration shipped with the package."""
-    root = os.environ.get("CPCOMBINED_DIR") or str(_PACKAGE_ROOT)
+    root = str(package_root())
     return str(Path(root) / "config" / "bps" / "local_parsl.yaml")
 
 
@@ -95,7 +94,7 @@ def bps_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     from ..env import product_dirs
 
     env = dict(os.environ if base is None else base)
-    root = env.get("CPCOMBINED_DIR") or str(_PACKAGE_ROOT)
+    root = env.get("CPCOMBINED_DIR") or str(package_root())
     env["CPCOMBINED_DIR"] = root
     for var, value in product_dirs().items():
         env.setdefault(var, value)
@@ -506,7 +505,7 @@ class BpsPipelineService:
     def _output_exists(self, output: str) -> bool:
         from lsst.daf.butler import Butler
 
-        from ..repo import collection_exists
+        from ..repo.collections import collection_exists
 
         butler = Butler.from_config(self.repo)
         try:

@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 
 from lsst.daf.butler import Butler, CollectionType
 
-from ..repo import collection_exists, raw_collection
+from ..repo.collections import collection_exists, raw_collection
 from .protocols import Camera, JobResult, PipelineService, RawWaiter, ScriptState
 from .schema import ConfigError, ScriptConfig, get_schema, validate_config
 from .state import StateStore
@@ -558,7 +558,7 @@ class MakeCalibrationsCore:
         await self._certify(image_type, outcome.generated_collection, outcome)
 
     async def _certify(self, calib_type: str, run_collection: str | None, outcome: CalibrationOutcome) -> None:
-        from ..certify import certify_calibration
+        from ..repo.certify import certify_calibration
 
         cfg = self._require_config()
         dataset_type = calib_type

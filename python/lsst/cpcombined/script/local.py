@@ -22,9 +22,10 @@ from pathlib import Path
 
 from lsst.daf.butler import Butler
 
-from ..pipetask import run_pipetask
+from ..env import package_root
 from ..simulation import SimulationTruth
 from ..simulation.camera import READOUT_SECONDS, SimulatedCamera
+from .pipetask import run_pipetask
 from .protocols import JobResult
 from .worker import WarmWorker, WorkerDied, die_with_parent
 
@@ -211,7 +212,7 @@ class LocalPipelineService:
             else:
                 rest.append(tok)
         output = output or f"{self.output_prefix}/{job_id}"
-        os.environ.setdefault("CPCOMBINED_DIR", str(Path(__file__).resolve().parents[4]))
+        os.environ.setdefault("CPCOMBINED_DIR", str(package_root()))
         pipeline = os.path.expandvars(pipeline)
         args = ["--log-level", "WARNING", "run", "-b", self.repo, "-p", pipeline, *rest, "-o", output, "-d", data_query]
         return args, output

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from ..repo import create_repo
+from ..repo.create import create_repo
 from ..simulation import SimulationTruth
 from .core import MakeCalibrationsCore, ProcedureError, RunSummary
 from .local import ButlerRawWaiter, LocalPipelineService, LocalSimulatedCamera
@@ -185,7 +185,7 @@ def run_procedure(
         Path(summary_json).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
         _progress(f"Summary written to {summary_json}")
     if report:
-        from ..report import write_report
+        from ..cli.report import write_report
 
         write_report(report, summary, repo=str(repo), config=cfg)
         _progress(f"Report written to {report}")

@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from ..instrument import get_instrument
+from ..obs.instrument import get_instrument
 
 _SCHEMA_TEMPLATE = """
 $schema: http://json-schema.org/draft-07/schema#

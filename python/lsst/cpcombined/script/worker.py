@@ -67,7 +67,7 @@ def _worker_loop(
             importlib.import_module(name)
         except ImportError:  # a job that needs it reports the error itself
             pass
-    from ..pipetask import run_pipetask
+    from .pipetask import run_pipetask
 
     while True:
         try:

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from astropy.time import Time, TimeDelta
+
 from lsst.daf.butler import Butler
 
-from ..camera import DetectorDescription
-from ..ingest import ingest_raws
-from ..instrument import CpInstrument, get_instrument
-from ..raw import write_raw_file
-from ..translators import DAY_OBS_OFFSET, compute_exposure_id
+from ..obs.camera import DetectorDescription
+from ..obs.ingest import ingest_raws
+from ..obs.instrument import CpInstrument, get_instrument
+from ..obs.raw import write_raw_file
+from ..obs.translators import DAY_OBS_OFFSET, compute_exposure_id
 from .sensor import simulate_raw_amps
 from .truth import IMAGE_TYPES, SimulationTruth
 

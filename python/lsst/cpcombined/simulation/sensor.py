@@ -36,7 +36,7 @@ import math
 import numba
 import numpy as np
 
-from ..camera import AMP_NAMES
+from ..obs.camera import AMP_NAMES
 from .truth import DetectorTruth, FaultSpec, SimulationTruth
 
 #: 18-bit ADC ceiling.

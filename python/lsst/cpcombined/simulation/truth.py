@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..camera import AMP_NAMES, AmpLayout, DetectorDescription, load_camera_description
+from ..obs.camera import AMP_NAMES, AmpLayout, DetectorDescription, load_camera_description
 
 #: Physical pixel side in cm (10 µm), for cosmic-ray rates.
 PIXEL_CM = 1.0e-3

@@ -17,10 +17,10 @@ from lsst.pipe.base import connectionTypes as cT
 from ..algorithms import combine as engine
 from ..algorithms.isr import amp_regions
 from ..algorithms.masks import BIT, bits
-from ..camera import AmpLayout
 from ..errors import CpInputError
-from ..instrument import get_instrument
-from ..products import (
+from ..obs.camera import AmpLayout
+from ..obs.instrument import get_instrument
+from ..repo.products import (
     ButlerBlockSource,
     amp_percentiles,
     calib_metadata,
@@ -123,7 +123,7 @@ class CpCombineConfig(PipelineTaskConfig, pipelineConnections=CpCombineConnectio
 class CpCombineTask(PipelineTask):
     """Combine a stack of ISR-processed exposures into one calibration.
 
-    Inputs are read in row blocks (`lsst.cpcombined.products.ButlerBlockSource`)
+    Inputs are read in row blocks (`lsst.cpcombined.repo.products.ButlerBlockSource`)
     so memory does not grow with their number.  The output carries
     provenance (each input's exposure, date, exposure/dark time and scale),
     per-amp percentiles and ``BAD`` where no input was usable.

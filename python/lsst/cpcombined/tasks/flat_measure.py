@@ -15,8 +15,8 @@ from lsst.pipe.base import connectionTypes as cT
 from ..algorithms.combine import clipped_stats
 from ..algorithms.isr import amp_regions
 from ..algorithms.masks import BIT, bits
-from ..camera import AmpLayout
-from ..products import from_masked_image
+from ..obs.camera import AmpLayout
+from ..repo.products import from_masked_image
 from ._memory import collect_garbage_after
 
 

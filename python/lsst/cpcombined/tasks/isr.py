@@ -18,11 +18,10 @@ from ..algorithms import cosmic_rays
 from ..algorithms import defects as defects_algo
 from ..algorithms.isr import CalibFrame, amp_regions, run_calib_isr
 from ..errors import CpInputError
-from ..instrument import get_instrument
-from ..products import from_masked_image, get_inputs_caching_calibrations, to_masked_image
-from ..raw import RawImage
+from ..obs.instrument import get_instrument
+from ..obs.raw import RawImage
+from ..repo.products import from_masked_image, get_inputs_caching_calibrations, to_masked_image
 from ._memory import collect_garbage_after
-
 
 #: Calibration connections an ISR may use, with the `CpIsrConfig` flag that applies each.
 CALIBRATION_FLAGS = {"bias": "doBias", "dark": "doDark", "flat": "doFlat", "defects": "doDefects"}

@@ -26,10 +26,10 @@ from lsst.pipe.base import connectionTypes as cT
 from ..algorithms import defects as defects_algo
 from ..algorithms.isr import amp_regions
 from ..algorithms.masks import bits
-from ..camera import AmpLayout
 from ..errors import CpInputError
-from ..instrument import get_instrument
-from ..products import calib_metadata, from_masked_image
+from ..obs.camera import AmpLayout
+from ..obs.instrument import get_instrument
+from ..repo.products import calib_metadata, from_masked_image
 from ._memory import collect_garbage_after
 
 

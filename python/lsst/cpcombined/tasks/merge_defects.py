@@ -15,8 +15,8 @@ from lsst.pipe.base import connectionTypes as cT
 
 from ..algorithms import defects as defects_algo
 from ..errors import CpInputError
-from ..instrument import get_instrument
-from ..products import calib_metadata
+from ..obs.instrument import get_instrument
+from ..repo.products import calib_metadata
 from .measure_defects import read_defect_table
 
 

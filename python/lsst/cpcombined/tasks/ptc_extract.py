@@ -87,13 +87,13 @@ from lsst.pipe.base import connectionTypes as cT
 from ..algorithms import ptc as ptc_algo
 from ..algorithms.isr import amp_regions, median_variance_normal
 from ..algorithms.masks import BIT, bits
-from ..camera import AmpLayout
 from ..errors import CpInputError
-from ..instrument import get_instrument
-from ..products import calib_metadata, from_masked_image, to_masked_image
-from ..raw import RawImage
-from .isr import CpCalibrationConnections, CpIsrConfig, CpIsrTask
+from ..obs.camera import AmpLayout
+from ..obs.instrument import get_instrument
+from ..obs.raw import RawImage
+from ..repo.products import calib_metadata, from_masked_image, to_masked_image
 from ._memory import collect_garbage_after
+from .isr import CpCalibrationConnections, CpIsrConfig, CpIsrTask
 
 
 class CpPtcExtractConnections(CpCalibrationConnections, dimensions=("instrument", "detector")):

@@ -51,8 +51,8 @@ from lsst.pipe.base import connectionTypes as cT
 
 from ..algorithms import ptc as ptc_algo
 from ..errors import CpInputError
-from ..instrument import get_instrument
-from ..products import calib_metadata
+from ..obs.instrument import get_instrument
+from ..repo.products import calib_metadata
 
 
 class CpPtcSolveConnections(PipelineTaskConnections, dimensions=("instrument", "detector")):

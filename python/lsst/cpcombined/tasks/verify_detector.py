@@ -39,11 +39,11 @@ from ..algorithms import verify as verify_algo
 from ..algorithms.isr import amp_regions
 from ..algorithms.masks import bits
 from ..errors import CpInputError
-from ..instrument import get_instrument
-from ..products import from_masked_image, get_inputs_caching_calibrations
-from ..raw import RawImage
-from .isr import CALIBRATION_FLAGS, CpCalibrationConnections, CpIsrTask
+from ..obs.instrument import get_instrument
+from ..obs.raw import RawImage
+from ..repo.products import from_masked_image, get_inputs_caching_calibrations
 from ._memory import collect_garbage_after
+from .isr import CALIBRATION_FLAGS, CpCalibrationConnections, CpIsrTask
 
 
 class CpVerifyDetectorConnections(

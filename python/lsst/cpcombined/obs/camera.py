@@ -33,6 +33,7 @@ from importlib import resources
 
 import numpy as np
 import yaml
+
 from lsst.images import Box
 from lsst.images._transforms import _ast as ast
 from lsst.images.cameras import (

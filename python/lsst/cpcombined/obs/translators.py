@@ -1,7 +1,7 @@
 """Header translators (`astro_metadata_translator`) for LATISS and LSSTComCam.
 
 They turn the primary header of a raw file (merged with its first amplifier
-extension, see `lsst.cpcombined.raw.read_raw_header`) into an
+extension, see `lsst.cpcombined.obs.raw.read_raw_header`) into an
 `~astro_metadata_translator.ObservationInfo`, from which ingest builds the
 butler's exposure records.  They handle the real headers' edge cases:
 missing ``EXPTIME`` (reported as -1 s, with a warning), ``IMGTYPE`` absent

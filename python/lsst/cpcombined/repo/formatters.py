@@ -19,12 +19,13 @@ from typing import Any, ClassVar
 import astropy.io.fits as fits
 import astropy.units as u
 import numpy as np
+
 from lsst.daf.butler import DatasetProvenance, FormatterV2
 from lsst.images import Box, Image, Mask, MaskedImage
 from lsst.images.formatters import GenericFormatter
 from lsst.resources import ResourcePath
 
-from .algorithms.masks import BIT, MASK_SCHEMA, PLANES, from_mask
+from ..algorithms.masks import BIT, MASK_SCHEMA, PLANES, from_mask
 
 #: Planes written without compression.  The mask (written as int32 for afw
 #: compatibility) would compress well, but GZIP costs ~0.4 s per full-size

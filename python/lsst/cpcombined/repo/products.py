@@ -34,10 +34,11 @@ from typing import Any
 
 import astropy.units as u
 import numpy as np
+
 from lsst.images import Box, Image, MaskedImage
 
-from .algorithms.combine import BlockSource, SourceBlock
-from .algorithms.masks import bits, from_mask, to_mask
+from ..algorithms.combine import BlockSource, SourceBlock
+from ..algorithms.masks import bits, from_mask, to_mask
 
 #: Percentiles recorded per amplifier in every combined calibration.
 PERCENTILES: tuple[int, ...] = (0, 5, 16, 50, 84, 95, 100)
@@ -142,7 +143,7 @@ def calib_metadata(
     units: str,
 ) -> dict[str, Any]:
     """Identity keys of a calibration product."""
-    from . import __version__
+    from .. import __version__
 
     md: dict[str, Any] = {
         "CALIB_TYPE": calib_type,

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-_LOG = logging.getLogger("lsst.cpcombined.cli")
+_LOG = logging.getLogger("lsst.cpcombined.cli.main")
 
 type Runner = Callable[[argparse.Namespace], int]
 
@@ -55,7 +55,7 @@ def _init_args(p: argparse.ArgumentParser):
     p.add_argument("--seed-config", metavar="FILE", help="Extra butler seed configuration (YAML).")
 
     def run(args: argparse.Namespace) -> int:
-        from .repo import create_repo
+        from ..repo.create import create_repo
 
         create_repo(args.repo, registry_db=args.registry, seed_config=args.seed_config)
         print(f"Created repository {args.repo} (instruments LATISS, LSSTComCam registered)")
@@ -78,7 +78,7 @@ def _ingest_args(p: argparse.ArgumentParser):
     p.add_argument("--no-pixel-check", action="store_true", help="Do not read the pixels before ingesting.")
 
     def run(args: argparse.Namespace) -> int:
-        from .ingest import ingest_raws
+        from ..obs.ingest import ingest_raws
 
         result = ingest_raws(
             _butler(args.repo),
@@ -126,8 +126,8 @@ def _simulate_args(p: argparse.ArgumentParser):
     p.add_argument("--staging-dir", help="Where to write files before ingest (default: a temporary directory).")
 
     def run(args: argparse.Namespace) -> int:
-        from .simulation import SimulationTruth
-        from .simulation.camera import SimulatedCamera
+        from ..simulation import SimulationTruth
+        from ..simulation.camera import SimulatedCamera
 
         truth = (
             SimulationTruth.from_file(args.instrument, args.truth)
@@ -184,7 +184,7 @@ def _certify_args(p: argparse.ArgumentParser):
     p.add_argument("--where", default="", help="Data ID expression restricting what is certified.")
 
     def run(args: argparse.Namespace) -> int:
-        from .certify import CertificationError, certify_calibration
+        from ..repo.certify import CertificationError, certify_calibration
 
         try:
             result = certify_calibration(
@@ -219,7 +219,7 @@ def _run_args(p: argparse.ArgumentParser):
     p.add_argument("--report", metavar="FILE", help="Write a self-contained HTML report.")
 
     def run(args: argparse.Namespace) -> int:
-        from .script.runner import run_procedure
+        from ..script.runner import run_procedure
 
         code, _ = run_procedure(args.config, repo=args.repo, summary_json=args.summary_json, report=args.report)
         return code
@@ -250,11 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda record: "pandas" not in record.getMessage()
     )
     logging.getLogger("lsst.cpcombined").setLevel(args.log_level.upper())
-    os.environ.setdefault("CPCOMBINED_DIR", str(_package_root()))
-    from .ingest import IngestError
-    from .raw import RawFormatError
-    from .script.schema import ConfigError
-    from .simulation import TruthError
+    from ..env import package_root
+
+    os.environ.setdefault("CPCOMBINED_DIR", str(package_root()))
+    from ..obs.ingest import IngestError
+    from ..obs.raw import RawFormatError
+    from ..script.schema import ConfigError
+    from ..simulation import TruthError
 
     try:
         return int(args._runner(args) or 0)
@@ -269,12 +271,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as err:
         print(f"cpcombined {args.command}: error: {err}", file=sys.stderr)
         return 1
-
-
-def _package_root():
-    from pathlib import Path
-
-    return Path(__file__).resolve().parents[3]
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import astropy.io.fits as fits
 import numpy as np
+
 from lsst.daf.butler import FormatterV2
 from lsst.images import Image
 from lsst.resources import ResourcePath

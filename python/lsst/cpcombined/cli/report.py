@@ -229,7 +229,7 @@ def _ptc_plots(butler: Any, instrument: str, collection: str, detectors: Iterabl
 
 
 def _defect_maps(butler: Any, instrument: str, collection: str, detectors: Iterable[int]) -> str:
-    from .algorithms.defects import table_to_mask
+    from ..algorithms.defects import table_to_mask
 
     plt = _plt()
     figs = []

@@ -50,6 +50,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import astropy.time
+
 from lsst.daf.butler import (
     Butler,
     CollectionType,

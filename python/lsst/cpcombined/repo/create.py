@@ -1,45 +1,25 @@
-"""Creating and opening cp_combined butler repositories."""
+"""Creating butler repositories ready for cp_combined."""
 
 from __future__ import annotations
 
 __all__ = (
-    "RAW_COLLECTION_TEMPLATE",
-    "collection_exists",
     "config_dir",
     "create_repo",
     "ensure_postgres_extensions",
     "package_seed_config",
     "postgres_driver_url",
-    "raw_collection",
 )
 
 import logging
 import os
 from pathlib import Path
 
-from lsst.daf.butler import Butler, Config, MissingCollectionError
+from lsst.daf.butler import Butler, Config
 
-from .instrument import LATISS, LSSTComCam
+from ..env import package_root
+from ..obs.instrument import LATISS, LSSTComCam
 
 _LOG = logging.getLogger(__name__)
-
-#: RUN collection that ingested raws go to (DMTN-222 convention).
-RAW_COLLECTION_TEMPLATE = "{instrument}/raw/all"
-
-
-def raw_collection(instrument: str) -> str:
-    """Name of the RUN collection holding an instrument's raws."""
-    return RAW_COLLECTION_TEMPLATE.format(instrument=instrument)
-
-
-def collection_exists(butler: Butler, name: str) -> bool:
-    """Whether a collection called ``name`` exists."""
-    try:
-        butler.collections.get_info(name)
-    except MissingCollectionError:
-        return False
-    return True
-
 
 def config_dir() -> Path:
     """The package's butler ``config/`` directory.
@@ -47,10 +27,7 @@ def config_dir() -> Path:
     ``$CPCOMBINED_DIR/config`` when set (eups / bootstrap), otherwise the
     directory next to the source tree.
     """
-    env = os.environ.get("CPCOMBINED_DIR")
-    if env:
-        return Path(env) / "config"
-    return Path(__file__).resolve().parents[3] / "config"
+    return package_root() / "config"
 
 
 def package_seed_config() -> Config:

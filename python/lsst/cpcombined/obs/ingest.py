@@ -23,6 +23,7 @@ from typing import Any
 import astropy.units as u
 from astro_metadata_translator import ObservationInfo
 from astropy.time import Time, TimeDelta
+
 from lsst.daf.butler import (
     Butler,
     DatasetRef,
@@ -31,13 +32,12 @@ from lsst.daf.butler import (
     FileDataset,
     Timespan,
 )
-
 from lsst.daf.butler.registry import ConflictingDefinitionError
 
+from ..repo.collections import collection_exists, raw_collection
 from . import translators  # noqa: F401  (registers the translators)
 from .instrument import get_instrument
 from .raw import RawFormatError, read_primary_header, read_raw_file, read_raw_header
-from .repo import collection_exists, raw_collection
 
 _LOG = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ def ingest_raws(
                         f"metadata ({err}); nothing was ingested"
                     ) from err
                 ref = DatasetRef(dataset_type, info.data_id, run=run_name)
-                datasets.append(FileDataset(path=info.path, refs=[ref], formatter="lsst.cpcombined.raw.RawFormatter"))
+                datasets.append(FileDataset(path=info.path, refs=[ref], formatter="lsst.cpcombined.obs.raw.RawFormatter"))
             butler.ingest(*datasets, transfer=transfer)
         result.ingested.extend(run_infos)
     for info in result.ingested:

@@ -19,6 +19,8 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from ..env import package_root
+
 _LOG = logging.getLogger(__name__)
 
 #: Only one in-process pipetask at a time: pipetask configures global logging.
@@ -147,7 +149,7 @@ def run_pipetask(args: Sequence[str]) -> PipetaskResult:
     """
     from lsst.ctrl.mpexec.cli.pipetask import cli
 
-    os.environ.setdefault("CPCOMBINED_DIR", str(Path(__file__).resolve().parents[3]))
+    os.environ.setdefault("CPCOMBINED_DIR", str(package_root()))
     capture = _Capture()
     root = logging.getLogger()
     with _LOCK:
