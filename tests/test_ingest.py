@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from lsst.cpcombined.obs.ingest import IngestError, ingest_raws
-from lsst.cpcombined.obs.raw import RawFormatError, read_raw_file
+from lsst.cpcombined.obs.raw import RawFormatError, read_raw_file, read_raw_header
 
 
 def _state(butler):
@@ -28,15 +28,16 @@ def test_real_raw_files(repo, real_data):
     assert len(files) == 2
     result = ingest_raws(repo, files)
     assert result.exposures == [3018092000065, 3019053000001]
-    raw = repo.get("raw", instrument="LATISS", exposure=3018092000065, detector=0, collections="LATISS/raw/all")
+    uri = repo.getURI("raw", instrument="LATISS", exposure=3018092000065, detector=0, collections="LATISS/raw/all")
+    raw = read_raw_file(uri.ospath)
     assert raw.image.array.shape == (2 * 2048, 8 * 576)
     assert raw.layout.data_width == 509 and raw.layout.serial_overscan == 64
     assert raw.metadata["OBSID"] == "AT_C_20180920_000065"
     rec = repo.query_dimension_records("exposure", instrument="LSSTComCam")[0]
     assert rec.observation_type == "bias" and rec.exposure_time == 0.0 and rec.dark_time == pytest.approx(0.398)
-    # Components read without loading pixels.
-    md = repo.get("raw.metadata", instrument="LSSTComCam", exposure=3019053000001, detector=0,
-                  collections="LSSTComCam/raw/all")
+    # The header alone, without loading pixels.
+    md = read_raw_header(repo.getURI("raw", instrument="LSSTComCam", exposure=3019053000001, detector=0,
+                                     collections="LSSTComCam/raw/all").ospath)
     assert md["IMGTYPE"] == "BIAS"
 
 

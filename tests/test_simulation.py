@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from lsst.cpcombined.cli.main import main as cpcombined
+from lsst.cpcombined.obs.raw import read_raw_file
 from lsst.cpcombined.simulation import SimulationTruth, TruthError
 from lsst.cpcombined.simulation.camera import SimulatedCamera
 from lsst.cpcombined.simulation.sensor import _bf_charge, _dark_charge, _poisson_uniform, simulate_raw_amps
@@ -14,8 +15,9 @@ SMALL = {"geometry_scale": 0.125, "seed": 7}
 
 
 def _raw(butler, instrument, exposure, detector=0):
-    return butler.get("raw", instrument=instrument, exposure=exposure, detector=detector,
-                      collections=f"{instrument}/raw/all")
+    uri = butler.getURI("raw", instrument=instrument, exposure=exposure, detector=detector,
+                        collections=f"{instrument}/raw/all")
+    return read_raw_file(uri.ospath)
 
 
 def test_exposure_records(repo):

@@ -52,11 +52,12 @@ class IngestError(RuntimeError):
 
 
 def raw_dataset_type(butler: Butler) -> DatasetType:
-    """The ``raw`` dataset type (instrument, exposure, detector; CpRawImage)."""
+    """The ``raw`` dataset type as obs_base registers it (instrument,
+    exposure, detector; storage class ``Exposure``)."""
     return DatasetType(
         "raw",
         dimensions=("instrument", "exposure", "detector"),
-        storageClass="CpRawImage",
+        storageClass="Exposure",
         universe=butler.dimensions,
     )
 

@@ -8,8 +8,9 @@ its geometry keywords (``DATASEC``, ``DETSEC``, ``DTV``/``DTM``...).
 
 `read_raw_file` turns such a file into a `RawImage`: the untrimmed amplifier
 arrays tiled into one image in detector orientation, plus the header
-metadata.  `RawFormatter` does the same for the butler (storage class
-``CpRawImage``).
+metadata.  The butler's ``raw`` dataset type has the Science Pipelines'
+storage class ``Exposure``; the package reads raws from their files
+(`lsst.cpcombined.repo.files`), never with ``butler.get``.
 """
 
 from __future__ import annotations
@@ -326,7 +327,7 @@ def write_raw_file(
 
 
 class RawFormatter(FormatterV2):
-    """Butler formatter for raw camera files (storage class ``CpRawImage``).
+    """Butler formatter recorded for raw files ingested by cp_combined.
 
     Read-only for files ingested from the camera; writing is supported for
     completeness (uncompressed FITS).  Components: ``image`` (untrimmed

@@ -19,7 +19,8 @@ from ..algorithms import defects as defects_algo
 from ..algorithms.isr import CalibFrame, amp_regions, run_calib_isr
 from ..errors import CpInputError
 from ..obs.instrument import get_instrument
-from ..obs.raw import RawImage
+from ..obs.raw import RawImage, read_raw_file
+from ..repo.files import read_dataset_file
 from ..repo.products import from_masked_image, get_inputs_caching_calibrations, to_masked_image
 from ._memory import collect_garbage_after
 
@@ -73,9 +74,10 @@ class CpCalibrationConnections(PipelineTaskConnections, dimensions=("instrument"
 class CpIsrConnections(CpCalibrationConnections, dimensions=("instrument", "exposure", "detector")):
     ccdExposure = cT.Input(
         name="raw",
-        doc="Raw exposure of one detector.",
-        storageClass="CpRawImage",
+        doc="Raw exposure of one detector (read from its file: see lsst.cpcombined.repo.files).",
+        storageClass="Exposure",
         dimensions=("instrument", "exposure", "detector"),
+        deferLoad=True,
     )
     outputExposure = cT.Output(
         name="cpIsrProc",
@@ -162,6 +164,7 @@ class CpIsrTask(PipelineTask):
     @collect_garbage_after
     def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
         inputs = get_inputs_caching_calibrations(butlerQC, inputRefs)
+        inputs["ccdExposure"] = read_dataset_file(inputs["ccdExposure"], read_raw_file)
         data_id = butlerQC.quantum.dataId
         outputs = self.run(
             **inputs,

@@ -90,7 +90,8 @@ from ..algorithms.masks import BIT, bits
 from ..errors import CpInputError
 from ..obs.camera import AmpLayout
 from ..obs.instrument import get_instrument
-from ..obs.raw import RawImage
+from ..obs.raw import RawImage, read_raw_file, read_raw_header
+from ..repo.files import read_dataset_file
 from ..repo.products import calib_metadata, from_masked_image, to_masked_image
 from ._memory import collect_garbage_after
 from .isr import CpCalibrationConnections, CpIsrConfig, CpIsrTask
@@ -103,7 +104,7 @@ class CpPtcExtractConnections(CpCalibrationConnections, dimensions=("instrument"
     inputExp = cT.Input(
         name="raw",
         doc="Raw flats of the detector (all exposures of the data query), read one pair at a time.",
-        storageClass="CpRawImage",
+        storageClass="Exposure",
         dimensions=("instrument", "exposure", "detector"),
         multiple=True,
         deferLoad=True,
@@ -301,7 +302,7 @@ class CpPtcExtractTask(PipelineTask):
                 int(data_id["exposure"]), float(rec.exposure_time), str(rec.physical_filter)
             )
             return info, str(rec.observation_type)
-        md = item.metadata if isinstance(item, RawImage) else item.get(component="metadata")
+        md = item.metadata if isinstance(item, RawImage) else read_dataset_file(item, read_raw_header)
         if data_id is not None:
             exposure = int(data_id["exposure"])
         else:
@@ -315,7 +316,7 @@ class CpPtcExtractTask(PipelineTask):
 
     @staticmethod
     def _load(item: Any) -> RawImage:
-        return item if isinstance(item, RawImage) else item.get()
+        return item if isinstance(item, RawImage) else read_dataset_file(item, read_raw_file)
 
     def _to_adu(self, calib: MaskedImage | None, gains: dict[str, float], what: str) -> MaskedImage | None:
         """A bias/dark in electrons (per second) converted to ADU with the

@@ -40,7 +40,8 @@ from ..algorithms.isr import amp_regions
 from ..algorithms.masks import bits
 from ..errors import CpInputError
 from ..obs.instrument import get_instrument
-from ..obs.raw import RawImage
+from ..obs.raw import RawImage, read_raw_file
+from ..repo.files import read_dataset_file
 from ..repo.products import from_masked_image, get_inputs_caching_calibrations
 from ._memory import collect_garbage_after
 from .isr import CALIBRATION_FLAGS, CpCalibrationConnections, CpIsrTask
@@ -54,8 +55,9 @@ class CpVerifyDetectorConnections(
     inputExp = cT.Input(
         name="raw",
         doc="Raw exposure of one detector to re-process with the calibration under test.",
-        storageClass="CpRawImage",
+        storageClass="Exposure",
         dimensions=("instrument", "exposure", "detector"),
+        deferLoad=True,
     )
     outputStats = cT.Output(
         name="verify{calibType}DetStats",
@@ -255,6 +257,7 @@ class CpVerifyDetectorTask(PipelineTask):
     @collect_garbage_after
     def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
         inputs = get_inputs_caching_calibrations(butlerQC, inputRefs)
+        inputs["inputExp"] = read_dataset_file(inputs["inputExp"], read_raw_file)
         data_id = butlerQC.quantum.dataId
         calibrations = {}
         for name in CALIBRATION_FLAGS:
