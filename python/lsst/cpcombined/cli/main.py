@@ -217,11 +217,25 @@ def _run_args(p: argparse.ArgumentParser):
     p.add_argument("--repo", help="Butler repository (created if missing; default ./cpcombined_repo).")
     p.add_argument("--summary-json", metavar="FILE", help="Write the run summary as JSON.")
     p.add_argument("--report", metavar="FILE", help="Write a self-contained HTML report.")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help=(
+            "Resume this run (stopped, killed or failed). Without it an unfinished run with the same "
+            "configuration is resumed and otherwise a new run starts; a run that succeeded is never re-entered."
+        ),
+    )
 
     def run(args: argparse.Namespace) -> int:
         from ..script.runner import run_procedure
 
-        code, _ = run_procedure(args.config, repo=args.repo, summary_json=args.summary_json, report=args.report)
+        code, _ = run_procedure(
+            args.config,
+            repo=args.repo,
+            summary_json=args.summary_json,
+            report=args.report,
+            resume=args.resume,
+        )
         return code
 
     return run
@@ -232,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cpcombined", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--log-level", default="INFO", help="Log level for lsst.cpcombined (DEBUG, INFO, WARNING...)."
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="Show the full traceback of an unexpected error."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_args) in _COMMANDS.items():
@@ -253,24 +270,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..env import package_root
 
     os.environ.setdefault("CPCOMBINED_DIR", str(package_root()))
-    from ..obs.ingest import IngestError
-    from ..obs.raw import RawFormatError
-    from ..script.schema import ConfigError
-    from ..simulation import TruthError
-
     try:
         return int(args._runner(args) or 0)
-    except (
-        ConfigError,
-        IngestError,
-        RawFormatError,
-        TruthError,
-        ValueError,
-        LookupError,
-        FileNotFoundError,
-    ) as err:
-        print(f"cpcombined {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"cpcombined {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"cpcombined {args.command}: error: {_error_text(err)}", file=sys.stderr)
         return 1
+
+
+#: Exceptions whose message is written for users (shown without their type).
+_USER_ERRORS = (
+    "ConfigError",
+    "IngestError",
+    "RawFormatError",
+    "TruthError",
+    "PreflightError",
+    "StateFileError",
+    "RunInProgress",
+    "CertificationError",
+)
+
+
+def _error_text(err: BaseException) -> str:
+    """One line for an error: its message for errors meant for users and
+    bad input (ValueError, LookupError, missing files), otherwise its type
+    and message and a pointer to ``--debug``."""
+    names = {cls.__name__ for cls in type(err).__mro__}
+    message = str(err).strip() or type(err).__name__
+    if names & set(_USER_ERRORS) or isinstance(err, (ValueError, LookupError, FileNotFoundError)):
+        return message
+    return f"{type(err).__name__}: {message} (run with --debug for the traceback)"
 
 
 if __name__ == "__main__":

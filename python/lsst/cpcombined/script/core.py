@@ -18,7 +18,7 @@ script states) and drives the whole daily job through three protocols
 Every pipeline job's status is checked: a failed job, a timeout, a "no"
 decision or a failed certification stops the procedure with its cause; a
 calibration that failed, and everything that needed it, is never
-certified.  With a `StateStore`, a procedure killed mid-way and started
+certified.  With a `RunState`, a procedure killed mid-way and started
 again with the same configuration resumes: acquired exposures and finished
 jobs are reused, an unfinished job's partial output is removed and the job
 re-run, and certification is idempotent.
@@ -50,7 +50,7 @@ from lsst.daf.butler import Butler, CollectionType
 from ..repo.collections import collection_exists, raw_collection
 from .protocols import Camera, JobResult, PipelineService, RawWaiter, ScriptState
 from .schema import ConfigError, ScriptConfig, get_schema, validate_config
-from .state import StateStore
+from .state import RunState
 
 _LOG = logging.getLogger("lsst.cpcombined.script")
 _T = TypeVar("_T")
@@ -153,7 +153,7 @@ class MakeCalibrationsCore:
         raw_waiter: RawWaiter,
         pipelines: PipelineService,
         checkpoint: Callable[[str], Awaitable[None]] | None = None,
-        state_store: StateStore | None = None,
+        state_store: RunState | None = None,
         pipelines_dir: str = "${CPCOMBINED_DIR}/pipelines",
         progress: Callable[[str], None] | None = None,
     ) -> None:
@@ -275,15 +275,11 @@ class MakeCalibrationsCore:
         return self.config
 
     def _run_id(self) -> str:
+        """The run's id: the state's (whoever created the state chose to
+        resume or start it), or a new timestamp without a state."""
         if self.state_store is not None:
-            run_id = self.state_store.get("run_id")
-            if run_id:
-                self.progress(f"Resuming run {run_id}")
-                return run_id
-        run_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        if self.state_store is not None:
-            self.state_store.set("run_id", run_id)
-        return run_id
+            return self.state_store.run_id
+        return datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
 
     def _should_certify(self, cfg: ScriptConfig, calib_type: str) -> bool:
         return bool(cfg.generate_calibrations) or calib_type in ("defects", "ptc")
@@ -574,26 +570,13 @@ class MakeCalibrationsCore:
                 end=end,
                 decision_collection=outcome.verification_collection,
                 require_decision=calib_type in ("bias", "dark", "flat") and cfg.do_verify,
-                chain=self._calib_chain(cfg.calib_collection),
+                chain=cfg.certify_chain or None,
             )
 
         await self._step(f"certify {calib_type}", self._registry(do))
         outcome.certified = True
         outcome.calib_collection = cfg.calib_collection
         outcome.validity = (begin, end)
-
-    def _calib_chain(self, calib_collection: str) -> str | None:
-        """The CHAINED ``<instrument>/calib`` collection that new calibration
-        collections are prepended to (DMTN-222), or `None` when that name
-        is taken by a collection of another type."""
-        chain = f"{self.instrument}/calib"
-        if chain == calib_collection:
-            return None
-        if collection_exists(self._butler, chain):
-            if self._butler.collections.get_info(chain).type != CollectionType.CHAINED:
-                self.progress(f"{chain} is not a CHAINED collection: {calib_collection} is not added to it")
-                return None
-        return chain
 
     async def _gain_from_pairs(self, flats: list[int]) -> None:
         await self._after("gen:bias", "gen:dark")

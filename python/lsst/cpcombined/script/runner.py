@@ -21,7 +21,7 @@ A run configuration is the script configuration (SPEC §7 keys) plus:
 
 from __future__ import annotations
 
-__all__ = ("RunConfig", "load_run_config", "run_procedure")
+__all__ = ("PreflightError", "RunConfig", "load_run_config", "run_procedure")
 
 import asyncio
 import dataclasses
@@ -29,6 +29,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,12 +37,15 @@ from typing import Any
 
 import yaml
 
+from lsst.daf.butler import Butler, CollectionType
+
+from ..repo.collections import collection_exists
 from ..repo.create import create_repo
 from ..simulation import SimulationTruth
 from .core import MakeCalibrationsCore, ProcedureError, RunSummary
 from .local import ButlerRawWaiter, LocalPipelineService, LocalSimulatedCamera
-from .schema import ConfigError, validate_config
-from .state import StateStore, config_key
+from .schema import ConfigError, ScriptConfig, validate_config
+from .state import RunBook, RunState, config_key
 
 _LOG = logging.getLogger("lsst.cpcombined.script")
 
@@ -74,6 +78,11 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
     if not isinstance(doc, Mapping):
         raise ConfigError(f"{path}: a run configuration must be a mapping")
     doc = dict(doc)
+    for key in ("certify_calib_begin_date", "certify_calib_end_date"):
+        # YAML turns unquoted dates into date/datetime objects: give the
+        # schema the ISO text (a time zone is then refused by name).
+        if isinstance(doc.get(key), (datetime.date, datetime.datetime)):
+            doc[key] = doc[key].isoformat()
     instrument = doc.pop("instrument", "LATISS")
     simulation = doc.pop("simulation", {}) or {}
     execution = doc.pop("execution", {}) or {}
@@ -116,14 +125,106 @@ def _progress(msg: str) -> None:
         print(f"[{stamp}] {line}", file=sys.stderr, flush=True)
 
 
+class PreflightError(ValueError):
+    """The run cannot start: a check made before any exposure is taken
+    failed (the message names the problem and the fix)."""
+
+
+def _check_writable_file(path: str | os.PathLike, what: str) -> Path:
+    """Resolve an output file path and check it can be written."""
+    out = Path(path).expanduser().resolve()
+    if out.is_dir():
+        raise PreflightError(f"{what} {out} is a directory: give a file name")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PreflightError(f"{what} {out}: {parent} is not a directory")
+    target = out if out.exists() else parent
+    if not os.access(target, os.W_OK):
+        raise PreflightError(f"{what} {out} cannot be written ({target} is not writable): choose another path")
+    return out
+
+
+def _check_repo_path(repo: Path) -> bool:
+    """Check the repository path; return whether the repository exists."""
+    if repo.is_file():
+        raise PreflightError(f"repository {repo} is a file, not a directory: give a repository directory")
+    if (repo / "butler.yaml").exists():
+        if not os.access(repo, os.W_OK) or not os.access(repo / "butler.yaml", os.R_OK):
+            raise PreflightError(f"repository {repo} is read-only: the run writes raws and products into it")
+        sqlite = repo / "gen3.sqlite3"
+        if sqlite.exists() and not os.access(sqlite, os.W_OK):
+            raise PreflightError(f"repository {repo} is read-only ({sqlite.name} is not writable)")
+        return True
+    # A directory holding only the run book (another run creating the
+    # repository right now) is left to the run lock to report.
+    if repo.is_dir() and any(p.name != "cpcombined" for p in repo.iterdir()):
+        raise PreflightError(
+            f"{repo} exists and is not a butler repository (no butler.yaml): give a new or existing repository"
+        )
+    parent = repo if repo.is_dir() else repo.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise PreflightError(f"cannot create repository {repo}: {parent} is not writable")
+    return False
+
+
+def _check_collections(butler: Butler, cfg: ScriptConfig, repo: Path) -> None:
+    """Check the collections the configuration names, before any work."""
+    from lsst.daf.butler import CollectionType, MissingCollectionError
+
+    try:
+        info = butler.collections.get_info(cfg.calib_collection)
+    except MissingCollectionError:
+        pass
+    else:
+        if info.type is not CollectionType.CALIBRATION:
+            raise PreflightError(
+                f"calib_collection {cfg.calib_collection} exists as a {info.type.name} collection, not "
+                "CALIBRATION: choose another calib_collection"
+            )
+    missing: dict[str, list[str]] = {}
+    for key in cfg.values:
+        if key.startswith("input_collections_"):
+            for name in cfg.collections(key.removeprefix("input_collections_")):
+                if not collection_exists(butler, name):
+                    missing.setdefault(name, []).append(key)
+    if missing:
+        listed = "; ".join(f"{name} ({', '.join(keys)})" for name, keys in missing.items())
+        raise PreflightError(
+            f"input collections that do not exist in {repo}: {listed}; "
+            "fix the input_collections_* settings or create them"
+        )
+    if cfg.certify_chain:
+        try:
+            chain = butler.collections.get_info(cfg.certify_chain)
+        except MissingCollectionError:
+            return
+        if chain.type is not CollectionType.CHAINED:
+            raise PreflightError(
+                f"certify_chain {cfg.certify_chain} is a {chain.type.name} collection, not CHAINED"
+            )
+
+
 def run_procedure(
     config_path: str | os.PathLike,
     *,
     repo: str | os.PathLike | None = None,
     summary_json: str | os.PathLike | None = None,
     report: str | os.PathLike | None = None,
+    resume: str | None = None,
 ) -> tuple[int, RunSummary]:
     """Run the procedure described by a run configuration file.
+
+    Everything that can be checked is checked before the first exposure is
+    taken: the configuration (dates, combinations), the output files, the
+    repository (a directory, writable), the collections named by the
+    configuration; then the repository's run lock is taken (one run at a
+    time) and the run to work on is chosen (`RunBook.start`: an unfinished
+    run with the same configuration is resumed, a finished one is not
+    repeated).
 
     Parameters
     ----------
@@ -136,33 +237,71 @@ def run_procedure(
         Where to write the summary JSON.
     report
         Where to write the HTML report.
+    resume
+        Id of a run to resume (a stopped, killed or failed one).
 
     Returns
     -------
     exit_code, summary
-        0 only if every calibration that should be certified was.
+        0 only if every calibration that should be certified was; 130 when
+        the run was interrupted (SIGINT/SIGTERM).
+
+    Raises
+    ------
+    ConfigError, PreflightError, StateFileError, RunInProgress, LookupError
+        The run cannot start (nothing was done).
     """
     run_cfg = load_run_config(config_path)
-    repo = Path(repo or run_cfg.script.get("repo") or "cpcombined_repo").resolve()
+    repo = Path(repo or run_cfg.script.get("repo") or "cpcombined_repo").expanduser().resolve()
     script_cfg = {**run_cfg.script, "repo": str(repo)}
-    cfg = validate_config(script_cfg, run_cfg.instrument)  # fail before touching anything
+    cfg = validate_config(script_cfg, run_cfg.instrument)
     truth = SimulationTruth(run_cfg.instrument, run_cfg.simulation)
-    if not (repo / "butler.yaml").exists():
-        _progress(f"Creating embedded repository {repo}")
-        create_repo(repo)
-    key = config_key(run_cfg.instrument, script_cfg, run_cfg.simulation)
-    store = StateStore(repo / "cpcombined" / "state" / f"{key}.json")
+    summary_json = _check_writable_file(summary_json, "--summary-json") if summary_json else None
+    report = _check_writable_file(report, "--report") if report else None
+    exists = _check_repo_path(repo)
+    book = RunBook(repo)
+    with book.lock(run_hint="(starting)"):
+        if exists:
+            _check_collections(Butler.from_config(str(repo)), cfg, repo)
+        else:
+            _progress(f"Creating embedded repository {repo}")
+            butler = create_repo(repo)
+            for instrument in ("LATISS", "LSSTComCam"):
+                # The conventional (empty) calibration chain of a new repository.
+                butler.collections.register(f"{instrument}/calib", CollectionType.CHAINED)
+            _check_collections(butler, cfg, repo)
+        selection = book.start(config_key(run_cfg.instrument, script_cfg, run_cfg.simulation), resume=resume)
+        book.set_lock_holder(selection.state.run_id)
+        _progress(selection.message)
+        return _run_locked(run_cfg, cfg, script_cfg, truth, repo, selection.state, summary_json, report)
+
+
+def _run_locked(
+    run_cfg: RunConfig,
+    cfg: ScriptConfig,
+    script_cfg: dict[str, Any],
+    truth: SimulationTruth,
+    repo: Path,
+    state: RunState,
+    summary_json: Path | None,
+    report: Path | None,
+) -> tuple[int, RunSummary]:
+    """Run the procedure on a chosen run (the repository lock is held)."""
     pipelines = _pipeline_service(repo, run_cfg.execution)
     core = MakeCalibrationsCore(
         run_cfg.instrument,
         camera=LocalSimulatedCamera(repo, truth, list(cfg.detectors), cfg.wait_between_exposures),
         raw_waiter=ButlerRawWaiter(repo, run_cfg.instrument),
         pipelines=pipelines,
-        state_store=store,
+        state_store=state,
         progress=_progress,
     )
 
     async def main() -> RunSummary:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
         await core.configure(script_cfg)
         try:
             return await core.run()
@@ -175,22 +314,32 @@ def run_procedure(
     except ProcedureError:
         summary = core.summary
         exit_code = 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        summary = core.summary
+        summary.success = False
+        summary.error = "interrupted (SIGINT/SIGTERM); resume by running the same command again"
+        exit_code = 130
     finally:
         if hasattr(pipelines, "close"):
             pipelines.close()
-    if not summary.success:
+    if not summary.success and exit_code == 0:
         exit_code = 1
+    if exit_code == 130:
+        state.set_status("stopped", "interrupted")
+    else:
+        state.set_status("succeeded" if exit_code == 0 else "failed", summary.error or "")
     if summary_json:
-        Path(summary_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(summary_json).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(json.dumps(summary.as_dict(), indent=2, default=str))
         _progress(f"Summary written to {summary_json}")
     if report:
         from ..cli.report import write_report
 
+        report.parent.mkdir(parents=True, exist_ok=True)
         write_report(report, summary, repo=str(repo), config=cfg)
         _progress(f"Report written to {report}")
     status = "SUCCESS" if exit_code == 0 else f"FAILED ({summary.error})"
-    _progress(f"{run_cfg.instrument} daily calibration: {status}")
+    _progress(f"{run_cfg.instrument} daily calibration, run {state.run_id}: {status}")
     for name, outcome in summary.calibrations.items():
         _progress(
             f"  {name:8s} decision={outcome.decision:12s} certified={outcome.certified} "

@@ -12,7 +12,6 @@ __all__ = ("ConfigError", "ScriptConfig", "get_schema", "validate_config")
 
 import copy
 import dataclasses
-import datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +19,7 @@ import jsonschema
 import yaml
 
 from ..obs.instrument import get_instrument
+from ..repo.validity import validity_range
 
 _SCHEMA_TEMPLATE = """
 $schema: http://json-schema.org/draft-07/schema#
@@ -161,11 +161,14 @@ properties:
     minimum: 1
     default: 8
   certify_calib_begin_date:
-    description: Start (TAI, ISO-8601) of the validity range of certified calibrations.
+    description: >-
+      Start of the validity range of certified calibrations: a TAI date,
+      YYYY-MM-DD or YYYY-MM-DDThh:mm:ss, without a time zone. A start before
+      1970 is stored as unbounded.
     type: string
     default: "1950-01-01"
   certify_calib_end_date:
-    description: End (TAI, ISO-8601, exclusive) of the validity range.
+    description: End (TAI, YYYY-MM-DD[Thh:mm:ss], exclusive, after 1970) of the validity range.
     type: string
     default: "2050-01-01"
   oods_timeout:
@@ -240,6 +243,14 @@ properties:
     description: CALIBRATION collection the good calibrations are certified into.
     type: string
     default: "{calib_out}"
+  certify_chain:
+    description: >-
+      CHAINED collection to prepend calib_collection to after certifying
+      (e.g. {calib}, created when missing).  Empty (the default): no chain is
+      changed; the shared {calib} chain changes what every user of the
+      repository gets, so it is only modified when asked.
+    type: string
+    default: ""
   repo:
     description: Butler repository (path or URI).
     type: string
@@ -327,10 +338,6 @@ def _with_defaults(schema: Mapping[str, Any], config: Mapping[str, Any]) -> dict
     return out
 
 
-def _parse_date(value: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(value)
-
-
 def validate_config(config: Mapping[str, Any] | None, instrument: str = "LATISS") -> ScriptConfig:
     """Apply defaults and validate a configuration.
 
@@ -376,15 +383,13 @@ def validate_config(config: Mapping[str, Any] | None, instrument: str = "LATISS"
             if sum(1 for t in set(kept) if kept.count(t) >= 2) < 3:
                 problems.append("do_ptc needs at least 3 exposure times with two or more flats each")
         try:
-            begin = _parse_date(values["certify_calib_begin_date"])
-            end = _parse_date(values["certify_calib_end_date"])
-            if not begin < end:
-                problems.append(
-                    f"certify_calib_end_date {values['certify_calib_end_date']} is not after "
-                    f"certify_calib_begin_date {values['certify_calib_begin_date']}"
-                )
+            validity_range(
+                values["certify_calib_begin_date"],
+                values["certify_calib_end_date"],
+                what=("certify_calib_begin_date", "certify_calib_end_date"),
+            )
         except ValueError as err:
-            problems.append(f"certify_calib_*_date: {err}")
+            problems.append(str(err))
         if values["do_defects"] and not values["generate_calibrations"]:
             problems.append("do_defects needs generate_calibrations: true (defects use the new dark and flat)")
         if not values["generate_calibrations"] and not values["do_verify"]:
@@ -394,5 +399,7 @@ def validate_config(config: Mapping[str, Any] | None, instrument: str = "LATISS"
         if not str(values["calib_collection"]).strip():
             problems.append("calib_collection is empty")
     if problems:
+        if len(problems) == 1:
+            raise ConfigError(f"invalid configuration: {problems[0]}")
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
     return ScriptConfig(instrument=instrument, values=values)

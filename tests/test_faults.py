@@ -1,0 +1,280 @@
+"""Faults a user or operator meets: bad input checked before any work, run
+semantics (resume only unfinished runs, one run at a time), broken state
+files, interruptions.  Each test names the defect it keeps fixed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from lsst.cpcombined.cli.main import main as cli_main
+from lsst.cpcombined.repo.validity import parse_validity_date, validity_range
+from lsst.cpcombined.script import core as core_module
+from lsst.cpcombined.script.core import RunSummary
+from lsst.cpcombined.script.runner import PreflightError, run_procedure
+from lsst.cpcombined.script.state import RunBook, RunInProgress, StateFileError
+from lsst.daf.butler import Butler, CollectionType
+
+BASE = {
+    "instrument": "LATISS",
+    "script_mode": "BIAS",
+    "generate_calibrations": True,
+    "n_bias": 2,
+    "simulation": {"seed": 5, "geometry_scale": 0.0625},
+}
+
+
+def _config(tmp_path: Path, **changes) -> Path:
+    doc = {**BASE, **changes}
+    path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _n_exposures(repo: Path) -> int:
+    if not (repo / "butler.yaml").exists():
+        return 0
+    butler = Butler.from_config(str(repo))
+    return len(list(butler.registry.queryDimensionRecords("exposure")))
+
+
+@pytest.fixture
+def fake_core(monkeypatch):
+    """Replace the procedure's work by a quick success (the run semantics
+    under test do not depend on the pipelines); records each run id."""
+    seen: list[str] = []
+
+    async def run(self):
+        self.summary.run_id = self._run_id()
+        seen.append(self.summary.run_id)
+        self.summary.success = True
+        return self.summary
+
+    monkeypatch.setattr(core_module.MakeCalibrationsCore, "run", run)
+    return seen
+
+
+# -- validity dates (issue: dates validated with one clear line) -------------------------
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ("2026-01-01T00:00:00Z", "has a time zone"),
+        ("2026-01-01T00:00:00+00:00", "has a time zone"),
+        ("20260101", "not a date of the form YYYY-MM-DD"),
+        ("2026-13-01", "not a valid calendar date"),
+        ("tomorrow", "not a date of the form"),
+    ],
+)
+def test_bad_validity_dates_are_refused(value, fragment):
+    with pytest.raises(ValueError, match=fragment) as err:
+        parse_validity_date(value, "certify_calib_begin_date")
+    assert "certify_calib_begin_date" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_validity_ranges():
+    rng = validity_range("1950-01-01", "2050-01-01")
+    assert rng.unbounded_begin and rng.stored == ("-inf", "2050-01-01T00:00:00.000")
+    with pytest.raises(ValueError, match="ends before 1970"):
+        validity_range("1950-01-01", "1960-01-01")
+    with pytest.raises(ValueError, match="is not after"):
+        validity_range("2026-02-01", "2026-01-01")
+
+
+@pytest.mark.parametrize(
+    "begin, fragment",
+    [
+        ("2026-01-01T00:00:00Z", "has a time zone"),
+        ("20260101", "YYYY-MM-DD"),
+    ],
+)
+def test_bad_dates_fail_before_any_exposure(tmp_path, begin, fragment):
+    repo = tmp_path / "repo"
+    path = _config(tmp_path, certify_calib_begin_date=begin, certify_calib_end_date="2030-01-01")
+    with pytest.raises(Exception, match=fragment):
+        run_procedure(path, repo=repo)
+    assert not repo.exists()
+
+
+def test_unquoted_yaml_datetime_with_zone_is_refused(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    text = yaml.safe_dump(BASE) + "certify_calib_begin_date: 2026-01-01T00:00:00Z\n"
+    path.write_text(text)
+    assert cli_main(["run", str(path), "--repo", str(tmp_path / "repo")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "time zone" in err[0] and "Traceback" not in err[0]
+
+
+# -- checks before acquiring ----------------------------------------------------------------
+
+
+def test_calib_collection_that_is_a_run_is_refused_up_front(tmp_path, fake_core):
+    repo = tmp_path / "repo"
+    run_procedure(_config(tmp_path), repo=repo)  # creates the repository
+    Butler.from_config(str(repo), writeable=True).collections.register("LATISS/calib/mine", CollectionType.RUN)
+    before = _n_exposures(repo)
+    with pytest.raises(PreflightError, match="exists as a RUN collection, not CALIBRATION"):
+        run_procedure(_config(tmp_path, calib_collection="LATISS/calib/mine", n_bias=3), repo=repo)
+    assert _n_exposures(repo) == before
+
+
+def test_missing_input_collections_are_refused_up_front(tmp_path):
+    repo = tmp_path / "repo"
+    path = _config(tmp_path, input_collections_bias="LATISS/calib,u/nobody/calibs")
+    with pytest.raises(PreflightError, match=r"u/nobody/calibs \(input_collections_bias\)"):
+        run_procedure(path, repo=repo)
+    assert _n_exposures(repo) == 0
+
+
+@contextlib.contextmanager
+def read_only(directory: Path):
+    """Make ``directory`` read-only for this process: a read-only bind
+    mount when running as root (root ignores permission bits), else the
+    permission bits.  Skips the test when neither is possible."""
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "--bind", str(directory), str(directory)], check=False, capture_output=True)
+        done = subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(directory)], check=False, capture_output=True
+        )
+        if done.returncode != 0:
+            subprocess.run(["umount", str(directory)], check=False, capture_output=True)
+            pytest.skip(f"cannot make {directory} read-only here: {done.stderr.decode().strip()}")
+        try:
+            yield
+        finally:
+            subprocess.run(["umount", str(directory)], check=True, capture_output=True)
+    else:
+        modes = {p: p.stat().st_mode for p in [directory, *directory.rglob("*")]}
+        for path in modes:
+            path.chmod(modes[path] & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        try:
+            yield
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+
+
+def test_unwritable_outputs_are_refused_up_front(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked):
+        with pytest.raises(PreflightError, match="--summary-json .* cannot be written"):
+            run_procedure(_config(tmp_path), repo=tmp_path / "repo", summary_json=locked / "s.json")
+    with pytest.raises(PreflightError, match="--report .* is a directory"):
+        run_procedure(_config(tmp_path), repo=tmp_path / "repo", report=tmp_path)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_repository_path_problems(tmp_path):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    with pytest.raises(PreflightError, match="is a file, not a directory"):
+        run_procedure(_config(tmp_path), repo=a_file)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("x")
+    with pytest.raises(PreflightError, match="is not a butler repository"):
+        run_procedure(_config(tmp_path), repo=busy)
+
+
+def test_read_only_repository_is_refused_up_front(tmp_path, fake_core):
+    repo = tmp_path / "repo"
+    run_procedure(_config(tmp_path), repo=repo)
+    with read_only(repo):
+        with pytest.raises(PreflightError, match="read-only"):
+            run_procedure(_config(tmp_path, n_bias=3), repo=repo)
+
+
+# -- run semantics --------------------------------------------------------------------------
+
+
+def test_finished_run_is_not_replayed(tmp_path, fake_core, capsys):
+    repo = tmp_path / "repo"
+    path = _config(tmp_path)
+    assert run_procedure(path, repo=repo)[0] == 0
+    assert run_procedure(path, repo=repo)[0] == 0
+    assert len(fake_core) == 2 and fake_core[0] != fake_core[1]
+    err = capsys.readouterr().err
+    assert f"Starting new run {fake_core[1]} (the last run with this configuration, {fake_core[0]}, succeeded" in err
+    states = {p.stem: json.loads(p.read_text())["status"] for p in (repo / "cpcombined" / "runs").glob("*.json")}
+    assert states == {fake_core[0]: "succeeded", fake_core[1]: "succeeded"}
+    with pytest.raises(ValueError, match="a finished run is not re-entered"):
+        run_procedure(path, repo=repo, resume=fake_core[0])
+
+
+def test_unfinished_run_is_resumed_and_moved_repository_still_resumes(tmp_path, fake_core, capsys):
+    repo = tmp_path / "repo"
+    path = _config(tmp_path)
+    run_procedure(path, repo=repo)
+    # Leave the first run unfinished, as a kill does, then move the repository.
+    state_path = repo / "cpcombined" / "runs" / f"{fake_core[0]}.json"
+    doc = json.loads(state_path.read_text())
+    doc["status"] = "running"
+    state_path.write_text(json.dumps(doc))
+    moved = tmp_path / "moved"
+    shutil.move(repo, moved)
+    run_procedure(path, repo=moved)
+    assert fake_core[1] == fake_core[0]
+    assert f"Resuming unfinished run {fake_core[0]}" in capsys.readouterr().err
+
+
+def test_second_identical_run_fails_at_once(tmp_path):
+    repo = tmp_path / "repo"
+    book = RunBook(repo)
+    with book.lock("(starting)"):
+        book.set_lock_holder("20261204T000000Z")
+        with pytest.raises(RunInProgress, match="run 20261204T000000Z .* is already in progress"):
+            with RunBook(repo).lock():
+                pass
+    # Through the command: one clear line.
+    path = _config(tmp_path)
+    holder = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with book.lock():
+            book.set_lock_holder("20261204T010000Z")
+            holder.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        holder.wait(10)
+        result = subprocess.run(
+            [sys.executable, "-m", "lsst.cpcombined.cli.main", "run", str(path), "--repo", str(repo)],
+            capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        release.set()
+        thread.join()
+    lines = [line for line in result.stderr.splitlines() if "error" in line]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "run 20261204T010000Z" in lines[0] and "already in progress" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [("", "is empty"), ('{"run_id": "x", "conf', "is not valid JSON"), ("[1, 2]", "holds a list"),
+     ('{"run_id": 3, "config_key": "k", "status": "running"}', "invalid run_id")],
+)
+def test_broken_state_file_names_the_file_and_the_fix(tmp_path, fake_core, capsys, content, fragment):
+    repo = tmp_path / "repo"
+    run_procedure(_config(tmp_path), repo=repo)
+    bad = repo / "cpcombined" / "runs" / "20200101T000000Z.json"
+    bad.write_text(content)
+    with pytest.raises(StateFileError, match=fragment):
+        run_procedure(_config(tmp_path), repo=repo)
+    assert cli_main(["run", str(_config(tmp_path)), "--repo", str(repo)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(bad) in err and "move it away to start afresh" in err
