@@ -367,3 +367,15 @@ def test_child_of_a_parent_already_gone_ends_at_once():
     assert same.returncode == 0 and same.stdout.strip() == "alive"
     gone = subprocess.run([sys.executable, "-c", code, "1000000"], capture_output=True, text=True, timeout=120)
     assert gone.returncode == -9 and "alive" not in gone.stdout
+
+
+def test_schema_command_prints_yaml_that_reads_back(capsys):
+    import yaml
+
+    from lsst.cpcombined.cli.main import main as cli_main
+    from lsst.cpcombined.script.schema import get_schema
+
+    assert cli_main(["schema", "--instrument", "LSSTComCam"]) == 0
+    text = capsys.readouterr().out
+    assert yaml.safe_load(text) == get_schema("LSSTComCam")
+    assert "\n  certify_chain:\n" in text and max(len(line) for line in text.splitlines()) < 140

@@ -3,7 +3,7 @@
 Subcommands: ``init`` (create a repository), ``ingest`` (raw files),
 ``simulate`` (simulated camera frames), ``certify`` (certify a calibration
 when its decision allows it), ``run`` (the whole daily procedure) and
-``report`` (HTML report of a finished run).
+``schema`` (the procedure's configuration schema).
 """
 
 from __future__ import annotations
@@ -237,6 +237,32 @@ def _run_args(p: argparse.ArgumentParser):
             resume=args.resume,
         )
         return code
+
+    return run
+
+
+# -- schema ------------------------------------------------------------------------------
+
+
+@command("schema", "Print the configuration schema of the procedure (the ScriptQueue script's) as YAML.")
+def _schema_args(p: argparse.ArgumentParser):
+    p.add_argument("--instrument", default="LATISS", choices=("LATISS", "LSSTComCam"))
+
+    def run(args: argparse.Namespace) -> int:
+        import yaml
+
+        from ..script.schema import get_schema
+
+        class Dumper(yaml.SafeDumper):
+            """Block mappings; lists of plain values on one line."""
+
+        def represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+            flow = all(not isinstance(v, (dict, list)) for v in data)
+            return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+        Dumper.add_representer(list, represent_list)
+        print(yaml.dump(get_schema(args.instrument), Dumper=Dumper, sort_keys=False, width=100), end="")
+        return 0
 
     return run
 
