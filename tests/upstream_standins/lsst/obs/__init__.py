@@ -1,0 +1,1 @@
+"""Stand-in for the ``lsst.obs`` namespace (tests only)."""

@@ -1,0 +1,1 @@
+"""Stand-in for ``lsst.obs.base``: only its formatter module names (tests only)."""

@@ -1,0 +1,1 @@
+"""Stand-in for ``lsst.obs.base.formatters`` (tests only)."""
