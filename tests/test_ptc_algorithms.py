@@ -14,6 +14,9 @@ import math
 import numpy as np
 import pytest
 from lsst.cpcombined.algorithms import masks, ptc
+from lsst.cpcombined.algorithms.ptc import covariances
+from lsst.cpcombined.algorithms.ptc.clipping import _QUARTILE_SAMPLE, _quartile_seed
+from lsst.cpcombined.algorithms.ptc.model import _ptc_jacobian
 from scipy.stats import norm
 
 # ---------------------------------------------------------------------------
@@ -79,7 +82,7 @@ def fisher_errors(mu, npix, a00, gain, n00):
     """Expected statistical errors of (a00, gain, n00) for points at means ``mu``."""
     c = ptc.ptc_model(mu, a00, gain, n00)
     sig = c * np.sqrt(2.0 / npix)
-    j = ptc._ptc_jacobian(mu, a00, gain, n00) / sig[:, None]
+    j = _ptc_jacobian(mu, a00, gain, n00) / sig[:, None]
     return np.sqrt(np.diag(np.linalg.inv(j.T @ j)))
 
 
@@ -192,12 +195,18 @@ def direct_covariance(image, weight, dx, dy):
 def test_fft_covariance_matches_direct(monkeypatch, sparse, shape, bad_fraction, dtype, max_lag):
     # Both ways of getting the sums involving the weights (FFT of w, or the
     # border sums and the pixels of zero weight) are forced in turn.
-    monkeypatch.setattr(ptc, "_SPARSE_WORK_PER_PIXEL", math.inf if sparse else -1.0)
+    monkeypatch.setattr(covariances, "_SPARSE_WORK_PER_PIXEL", math.inf if sparse else -1.0)
+    calls = []
+    kernel = covariances._zero_weight_lag_sums
+    monkeypatch.setattr(
+        covariances, "_zero_weight_lag_sums", lambda *args: calls.append(1) or kernel(*args)
+    )
     rng = np.random.default_rng(5)
     image = rng.normal(3.0, 2.0, shape)
     weight = (rng.random(image.shape) > bad_fraction).astype(dtype)
     image[weight == 0] = 1e6  # masked values must not matter
     cov, npairs = ptc.covariances_fft(image, weight, max_lag=max_lag)
+    assert len(calls) == (1 if sparse else 0)  # the path forced is the path taken
     for i in range(max_lag + 1):
         for j in range(max_lag + 1):
             c1, n1 = direct_covariance(image, weight, i, j)
@@ -233,15 +242,15 @@ def test_clipped_stats_subsampled_quartiles():
     x = rng.normal(1000.0, 30.0, 400_000)
     hits = rng.integers(0, x.size, 2000)
     x[hits] += rng.uniform(100.0, 3000.0, hits.size)
-    sample = ptc._quartile_seed(x, None)
-    assert sample.size <= ptc._QUARTILE_SAMPLE
+    sample = _quartile_seed(x, None)
+    assert sample.size <= _QUARTILE_SAMPLE
     np.testing.assert_allclose(
         np.percentile(sample, [25, 50, 75]), np.percentile(x, [25, 50, 75]), atol=0.01 * 30.0
     )
     image = x.reshape(500, 800)
     good = rng.random(image.shape) > 0.1
-    sample = ptc._quartile_seed(image, good)
-    assert 0.5 * ptc._QUARTILE_SAMPLE <= sample.size <= 1.1 * ptc._QUARTILE_SAMPLE
+    sample = _quartile_seed(image, good)
+    assert 0.5 * _QUARTILE_SAMPLE <= sample.size <= 1.1 * _QUARTILE_SAMPLE
     np.testing.assert_allclose(
         np.percentile(sample, [25, 50, 75]), np.percentile(image[good], [25, 50, 75]), atol=0.01 * 30.0
     )
@@ -536,6 +545,90 @@ def test_parameters_at_bounds_are_flagged():
     assert res.bad and "NOISE_AT_BOUND" in res.flags, res.flags
 
 
+def test_exactly_three_points_fit_exactly_with_a_warning():
+    """Three points for three parameters: the noiseless eq. 16 is recovered
+    to rounding, chi2 = 0, no degree of freedom (a warning, not bad)."""
+    rng = np.random.default_rng(41)
+    mu, c00 = analytic_points(rng, [1000.0, 30000.0, 60000.0], GAIN, READ_NOISE, A00, 1e5, noise=False)
+    res = ptc.fit_ptc(mu, c00, np.full(3, 1e5), max_gap_e=None)
+    assert res.flags == ["NO_DOF"] and not res.bad
+    assert res.reason.startswith("3 points for 3 parameters")
+    assert (res.dof, res.error_scale) == (0, 1.0)
+    assert res.chi2 < 1e-12
+    assert res.gain == pytest.approx(GAIN, rel=1e-9)
+    assert res.noise == pytest.approx(READ_NOISE, rel=1e-9)
+    assert res.a00 == pytest.approx(A00, rel=1e-6)
+
+
+def test_noisy_ramp_has_scaled_errors_and_a_warning():
+    """C00 scattered 10 times more than Gaussian statistics: chi2/dof ~ 100
+    gives HIGH_CHI2 (a warning), the errors are scaled by sqrt(chi2/dof) so
+    they cover the scatter, and the MAD-scaled rejection keeps every point."""
+    rng = np.random.default_rng(43)
+    npix = 129600.0
+    levels = np.array(LEVELS[:-6])
+    mu, c00 = analytic_points(rng, levels, GAIN, READ_NOISE, A00, npix, noise=False)
+    c00 = c00 * (1.0 + 10.0 * math.sqrt(2.0 / npix) * rng.standard_normal(c00.size))
+    res = ptc.fit_ptc(mu, c00, np.full(mu.size, npix), nominal_gain=GAIN)
+    assert res.flags == ["HIGH_CHI2"] and not res.bad, res.reason
+    assert res.kept.all() and res.dof == levels.size - 3
+    # 23 degrees of freedom: chi2/dof = 100 within a factor ~2 (> 3 sigma).
+    assert 40.0 < res.chi2 / res.dof < 250.0
+    assert res.error_scale == pytest.approx(math.sqrt(res.chi2 / res.dof), rel=1e-12)
+    _, sg, _ = fisher_errors(mu, np.full(mu.size, npix), A00, GAIN, READ_NOISE**2)
+    assert res.gain_err == pytest.approx(res.error_scale * sg, rel=0.3)
+    assert abs(res.gain - GAIN) < 4.0 * res.gain_err
+
+
+def test_a00_at_lower_bound_is_bad():
+    rng = np.random.default_rng(47)
+    npix = 129600.0
+    mu, c00 = analytic_points(rng, LEVELS[:-6], GAIN, READ_NOISE, -4e-6, npix)
+    bounds = ((-1e-6, 0.1, 0.0), (0.0, 10.0, 2000.0))
+    res = ptc.fit_ptc(mu, c00, np.full(mu.size, npix), nominal_gain=GAIN, bounds=bounds)
+    assert res.bad and res.flags[0] == "A00_AT_LOWER_BOUND", res.flags
+    assert res.a00 == pytest.approx(-1e-6, abs=1e-3 * 1e-6)
+    assert "a00 -1e-06 at its lower bound -1e-06" in res.reason
+
+
+def test_point_reasons_are_exclusive_and_complete():
+    """On ramps mixing every kind of cut point (invalid, above a gap, SAT-masked,
+    past the turnover, outlier), each point has at most one reason, the kept
+    points are exactly those without one, the turnoff is the largest mean not
+    cut by steps 1-3, and there is one reason text per flag."""
+    npix = 1e5
+    totals = np.zeros(4, dtype=int)
+    for seed in range(8):
+        rng = np.random.default_rng(300 + seed)
+        levels = np.arange(500.0, 130000.0, 4000.0) + rng.uniform(0.0, 1000.0)  # 33 points
+        if seed % 2:
+            levels[20:] += 12000.0  # a 16000 e- gap
+        mu, c00 = analytic_points(rng, levels, GAIN, READ_NOISE, A00, npix, full_well_e=FULL_WELL)
+        c00[rng.integers(8, 15)] *= 0.8  # ~45 sigma low, an isolated dip
+        valid = np.ones(mu.size, dtype=bool)
+        valid[rng.choice([2, 5, 17], 2, replace=False)] = False
+        mu[5] = np.nan if not valid[5] else mu[5]
+        sat_fraction = np.zeros(mu.size)
+        sat_fraction[[17, 30]] = 0.2  # 17: below the turnover
+        res = ptc.fit_ptc(
+            mu, c00, np.full(mu.size, npix), valid=valid, sat_fraction=sat_fraction, nominal_gain=GAIN
+        )
+        assert not res.bad, res.reason
+        reasons = np.array([res.invalid, res.above_gap, res.saturated, res.outlier])
+        totals += reasons.sum(axis=1)
+        assert np.all(reasons.sum(axis=0) <= 1), seed
+        np.testing.assert_array_equal(res.kept, ~reasons.any(axis=0))
+        np.testing.assert_array_equal(res.invalid, ~valid & (sat_fraction <= 0.01))
+        # Saturation grows with signal: everything from point 17 up is cut.
+        assert np.all((res.saturated | res.above_gap)[17:]) and not res.saturated[:17].any()
+        assert res.above_gap.any() == bool(seed % 2)
+        assert res.outlier.sum() == 1
+        cut = res.invalid | res.above_gap | res.saturated
+        assert res.turnoff == np.max(res.means[~cut])
+        assert len(res.reason.split("; ")) == len(res.flags) if res.flags else res.reason == ""
+    assert np.all(totals > 0), totals
+
+
 # ---------------------------------------------------------------------------
 # 4. Quick gain from flat pairs
 # ---------------------------------------------------------------------------
@@ -627,5 +720,36 @@ def test_fixed_pattern_outliers_flag_a_dead_column_only():
     assert out.dtype == bool and out.shape == shape
     np.testing.assert_array_equal(out, expected)
     # Too few good pixels, or a non-positive level: nothing flagged.
-    assert not ptc.fixed_pattern_outliers(im1[:5, :5], im2[:5, :5], mask1[:5, :5], mask2[:5, :5], 4, 5.0, 3).any()
+    c = (slice(0, 5), slice(0, 5))
+    assert not ptc.fixed_pattern_outliers(im1[c], im2[c], mask1[c], mask2[c], 4, 5.0, 3).any()
     assert not ptc.fixed_pattern_outliers(-im1, im2, mask1, mask2, 4, 5.0, 3).any()
+
+
+# ---------------------------------------------------------------------------
+# The package layout
+# ---------------------------------------------------------------------------
+
+
+def test_package_reexports_one_concept_per_module():
+    """`lsst.cpcombined.algorithms.ptc` re-exports exactly the public names
+    of its modules, each defined in the module that lists it."""
+    import importlib
+
+    modules = ["pairing", "clipping", "covariances", "measurement", "model", "selection", "fits", "gains",
+               "full_covariance"]
+    names = []
+    for name in modules:
+        mod = importlib.import_module(f"lsst.cpcombined.algorithms.ptc.{name}")
+        for public in mod.__all__:
+            obj = getattr(mod, public)
+            assert getattr(ptc, public) is obj
+            assert getattr(obj, "__module__", mod.__name__) == mod.__name__, public
+        names += mod.__all__
+    assert sorted(names) == sorted(ptc.__all__) and len(set(names)) == len(names)
+    assert set(ptc.__all__) == {
+        "DEFAULT_BAD_BITS", "FlatExposure", "FlatPair", "FullCovarianceResult", "PairMeasurement",
+        "PairGainResult", "PairingResult", "PtcAmpResult", "clipped_stats", "covariances_fft",
+        "covariance_model", "fit_full_covariance", "fit_ptc", "fit_ptc_measurements",
+        "fixed_pattern_outliers", "gain_from_flat_pair", "gain_from_flat_pairs", "measure_pair",
+        "pair_flats", "ptc_model", "turnover_mask",
+    }
