@@ -5,16 +5,18 @@ certification of defects/PTC, chains.
 
 The datasets are tiny stand-ins put directly into a repository (no
 pipeline runs), and the decisions are made by the real decision task from
-run statistics in the format of `lsst.cpcombined.algorithms.verify`.
+exposure-level dictionaries in cp_verify's shape (and detector dictionaries
+recording the calibrations used, when the test wants them).
 """
 
 from __future__ import annotations
+
+import logging
 
 import astropy.time
 import numpy as np
 import pytest
 from astropy.table import Table
-from lsst.cpcombined.algorithms.verify import verify_run
 from lsst.cpcombined.repo import certify as certify_module
 from lsst.cpcombined.repo.certify import (
     CertificationConflict,
@@ -27,7 +29,7 @@ from lsst.cpcombined.repo.certify import (
 from lsst.cpcombined.repo.collections import collection_exists
 from lsst.cpcombined.repo.products import to_masked_image
 from lsst.cpcombined.tasks.verify_decision import CpVerifyDecisionConfig, CpVerifyDecisionTask
-from lsst.daf.butler import CollectionType, DatasetType, Timespan
+from lsst.daf.butler import CollectionType, DatasetRef, DatasetType, FileDataset, Timespan
 
 ALWAYS = ("1950-01-01", "2050-01-01")
 
@@ -57,29 +59,35 @@ def _associations(butler, name, collection):
     )
 
 
-def _put_decision(butler, calib_type, instrument, refs, run, *, n_exposures=3, n_failed=0, detectors=("D",)):
-    """Run statistics with ``n_failed`` failing exposures (one MEAN failure
-    each, T = 1, one detector) → the decision task → ``run``."""
-    exposures = []
+def _put_decision(butler, calib_type, instrument, refs, run, *, n_exposures=3, n_failed=0, detectors=("D",),
+                  physical_filter=None, record_calibrations=True):
+    """Exposure dictionaries with ``n_failed`` failing exposures (one MEAN
+    failure each, T = 1, one detector) and a detector dictionary recording
+    ``refs`` as the calibrations used → the decision task → ``run``."""
+    exp_stats = {}
     for i in range(n_exposures):
-        failures = [f"{detectors[0]} C10 MEAN"] if i < n_failed else []
-        exposures.append({"CALIB_TYPE": calib_type, "EXPOSURE": 1000 + i, "DETECTORS": {detectors[0]: {}},
-                          "SUCCESS": not failures, "FAILURES": failures})
-    stats = verify_run(instrument, exposures)
-    stats["CALIBRATIONS"] = {
-        calib_type: [{"dataset_type": calib_type, "id": str(r.id), "run": r.run,
-                      "data_id": dict(r.dataId.required)} for r in refs]
-    }
+        failed = i < n_failed
+        entry = {"SUCCESS": False, "FAILURES": ["C10 MEAN"]} if failed else {"SUCCESS": True}
+        exp_stats[1000 + i] = {detectors[0]: entry, "SUCCESS": not failed}
+    det_stats = []
+    if record_calibrations:
+        det_stats.append({"SUCCESS": True, "CPC_CALIBRATIONS": {
+            calib_type: [{"dataset_type": calib_type, "id": str(r.id), "run": r.run,
+                          "data_id": dict(r.dataId.required)} for r in refs]}})
     config = CpVerifyDecisionConfig()
     config.calibrationType = calib_type
     config.connections.calibType = calib_type.capitalize()
     config.threshold = 1
-    decision = CpVerifyDecisionTask(config=config).run(stats, instrument=instrument).outputDecision
+    decision = CpVerifyDecisionTask(config=config).run(
+        exp_stats, det_stats, instrument=instrument, physical_filter=physical_filter
+    ).outputDecision
     name = decision_dataset_type(calib_type)
+    dimensions = ("instrument", "physical_filter") if calib_type == "flat" else ("instrument",)
     if name not in {d.name for d in butler.registry.queryDatasetTypes()}:
-        _register(butler, name, ("instrument",), "StructuredDataDict", calibration=False)
+        _register(butler, name, dimensions, "StructuredDataDict", calibration=False)
     butler.collections.register(run)
-    butler.put(decision, name, instrument=instrument, run=run)
+    extra = {"physical_filter": physical_filter} if calib_type == "flat" else {}
+    butler.put(decision, name, instrument=instrument, run=run, **extra)
     return decision
 
 
@@ -201,7 +209,7 @@ def test_missing_or_foreign_decision_is_refused(butler):
         certify_calibration(butler, dataset_type="bias", run="gen/bias", calib_collection="LATISS/calib",
                             begin=ALWAYS[0], end=ALWAYS[1])
     butler.collections.register("verify/empty")
-    with pytest.raises(CertificationRefused, match="no verifyBiasDecision for LATISS"):
+    with pytest.raises(CertificationRefused, match="no cpcVerifyBiasDecision for LATISS"):
         certify_calibration(butler, dataset_type="bias", run="gen/bias", calib_collection="LATISS/calib",
                             begin=ALWAYS[0], end=ALWAYS[1], decision_collection="verify/empty")
     # A "yes" about another bias (e.g. the previously certified one) does not certify this one.
@@ -222,13 +230,23 @@ def test_missing_or_foreign_decision_is_refused(butler):
     assert result.n_certified == 1 and result.decision is None
 
 
-def test_defects_and_ptc_are_certified_directly(butler):
-    butler.collections.register("gen/defects")
+def _ingest_table(butler, table, name, run, tmp_path, **data_id):
+    """Store a table as a plain Parquet file (daf_butler's own formatter): a
+    stand-in whose layout does not matter to certification."""
+    butler.collections.register(run)
+    path = tmp_path / f"{name}_{run.replace('/', '_')}.parq"
+    table.write(path, format="parquet")
+    ref = DatasetRef(butler.get_dataset_type(name), butler.registry.expandDataId(**data_id), run=run)
+    parquet = "lsst.daf.butler.formatters.parquet.ParquetFormatter"
+    butler.ingest(FileDataset(path=str(path), refs=[ref], formatter=parquet), transfer="copy")
+    return ref
+
+
+def test_defects_and_ptc_are_certified_directly(butler, tmp_path):
     table = Table({"x0": [1], "y0": [2], "width": [1], "height": [10]})
-    refs = [butler.put(table, "defects", instrument="LATISS", detector=0, run="gen/defects")]
-    butler.collections.register("gen/ptc")
+    refs = [_ingest_table(butler, table, "defects", "gen/defects", tmp_path, instrument="LATISS", detector=0)]
     ptc = Table({"amp": ["C10"], "gain": [1.08], "noise": [8.4]})
-    refs.append(butler.put(ptc, "ptc", instrument="LATISS", detector=0, run="gen/ptc"))
+    refs.append(_ingest_table(butler, ptc, "ptc", "gen/ptc", tmp_path, instrument="LATISS", detector=0))
     for name, run, ref in (("defects", "gen/defects", refs[0]), ("ptc", "gen/ptc", refs[1])):
         result = certify_calibration(butler, dataset_type=name, run=run, calib_collection="LATISS/calib",
                                      begin=ALWAYS[0], end=ALWAYS[1])
@@ -239,12 +257,59 @@ def test_defects_and_ptc_are_certified_directly(butler):
 def test_flats_conflict_only_within_a_filter(butler):
     r = _put_calibs(butler, "flat", "gen/flat/r", "LATISS", [0], physical_filter="SDSSr_65mm~empty")
     g = _put_calibs(butler, "flat", "gen/flat/g", "LATISS", [0], physical_filter="SDSSg_65mm~empty")
-    _put_decision(butler, "flat", "LATISS", r + g, "verify/flat")
+    _put_decision(butler, "flat", "LATISS", r, "verify/flat", physical_filter="SDSSr_65mm~empty")
+    _put_decision(butler, "flat", "LATISS", g, "verify/flat", physical_filter="SDSSg_65mm~empty")
     for run in ("gen/flat/r", "gen/flat/g"):
         result = certify_calibration(butler, dataset_type="flat", run=run, calib_collection="LATISS/calib",
                                      begin=ALWAYS[0], end=ALWAYS[1], decision_collection="verify/flat")
         assert result.n_certified == 1
+        assert result.decision["PHYSICAL_FILTER"] == run.replace("gen/flat/", "SDSS") + "_65mm~empty"
     assert len(_associations(butler, "flat", "LATISS/calib")) == 2
+
+
+def test_flat_decision_is_per_physical_filter(butler):
+    """A flat is certified only on the decision of its own filter: a "yes"
+    for r does not certify g, a "no" for g refuses g, and a run holding both
+    filters needs a "yes" for each."""
+    r = _put_calibs(butler, "flat", "gen/flat/rg", "LATISS", [0], physical_filter="SDSSr_65mm~empty")
+    g = _put_calibs(butler, "flat", "gen/flat/rg", "LATISS", [0], physical_filter="SDSSg_65mm~empty",
+                    value=2.0)
+    _put_decision(butler, "flat", "LATISS", r, "verify/r", physical_filter="SDSSr_65mm~empty")
+    kwargs = dict(dataset_type="flat", run="gen/flat/rg", calib_collection="LATISS/calib", begin=ALWAYS[0],
+                  end=ALWAYS[1])
+    with pytest.raises(CertificationRefused, match="no cpcVerifyFlatDecision for LATISS SDSSg_65mm~empty"):
+        certify_calibration(butler, decision_collection="verify/r", **kwargs)
+    _put_decision(butler, "flat", "LATISS", g, "verify/g", physical_filter="SDSSg_65mm~empty",
+                  n_exposures=3, n_failed=2)
+    with pytest.raises(CertificationRefused, match="decision for LATISS SDSSg_65mm~empty is NO"):
+        certify_calibration(butler, decision_collection=["verify/r", "verify/g"], **kwargs)
+    assert not collection_exists(butler, "LATISS/calib")
+    # Only r: certified on its own decision.
+    only_r = "instrument = 'LATISS' AND physical_filter = 'SDSSr_65mm~empty'"
+    result = certify_calibration(butler, decision_collection="verify/r", where=only_r, **kwargs)
+    assert [c.id for c in result.certified] == [str(r[0].id)]
+    # Both, with a "yes" for g too: one decision per filter.
+    _put_decision(butler, "flat", "LATISS", g, "verify/g2", physical_filter="SDSSg_65mm~empty")
+    result = certify_calibration(butler, decision_collection=["verify/r", "verify/g2"], **kwargs)
+    assert set(result.decision) == {"LATISS SDSSr_65mm~empty", "LATISS SDSSg_65mm~empty"}
+    assert result.n_certified == 1 and len(result.already_certified) == 1
+
+
+def test_decision_without_calibrations_certifies_with_a_warning(butler, caplog):
+    """A decision made from cp_verify's outputs lists no calibration: it is
+    followed, and certification warns that it could not check the datasets."""
+    refs = _put_calibs(butler, "bias", "gen/bias", "LSSTComCam", range(3))
+    decision = _put_decision(butler, "bias", "LSSTComCam", refs, "verify/cpv", record_calibrations=False)
+    assert decision["CALIBRATIONS"] == {}
+    assert "do not record the calibrations" in decision["CALIBRATIONS_NOTE"]
+    assert "do not record the calibrations" in decision["REPORT"]
+    with caplog.at_level(logging.WARNING, logger="lsst.cpcombined.repo.certify"):
+        result = certify_calibration(butler, dataset_type="bias", run="gen/bias",
+                                     calib_collection="LSSTComCam/calib", begin=ALWAYS[0], end=ALWAYS[1],
+                                     decision_collection="verify/cpv")
+    assert result.n_certified == 3
+    assert any("does not list the calibration datasets it verified" in r.message
+               and "3 dataset(s)" in r.message for r in caplog.records)
 
 
 def test_chain_prepend_and_run_resolution(butler):
@@ -289,6 +354,8 @@ def test_bad_arguments(butler):
                             begin=ALWAYS[0], end=ALWAYS[1])
     with pytest.raises(ValueError, match="not verified"):
         decision_dataset_type("defects")
+    assert [decision_dataset_type(t) for t in ("bias", "dark", "flat")] == [
+        "cpcVerifyBiasDecision", "cpcVerifyDarkDecision", "cpcVerifyFlatDecision"]
     with pytest.raises(CertificationError, match="invalid dataset query"):
         certify_calibration(butler, dataset_type="bias", run="gen/bias", calib_collection="LATISS/calib",
                             begin=ALWAYS[0], end=ALWAYS[1], require_decision=False, where="detector = 5")

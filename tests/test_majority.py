@@ -152,32 +152,42 @@ def test_summary_keys_are_not_exposures():
 
 
 def test_inputs_from_verify_outputs():
-    """Run statistics and exposure statistics of verify give the same decision
-    as the plain failure lists, with D read from them."""
+    """Exposure dictionaries, the run dictionary and plain failure lists of
+    the same verification give the same decision; D is read from the
+    exposure dictionaries (distinct detector names)."""
 
     def stats(noise):
-        return {"MEAN": 0.1, "MEANCLIP": 0.1, "NOISE": noise, "READ_NOISE": 8.0, "CR_NOISE": noise,
-                "CR_OVERFLOW": False, "GAIN": 1.1, "N_PIXELS": 100, "N_CLIPPED": 0}
+        return {"MEAN": 0.1, "MEANCLIP": 0.1, "NOISE": noise, "READ_NOISE": 8.0, "READ_NOISE_ADU": 7.3,
+                "CR_NOISE": noise, "CR_OVERFLOW": False, "AMP_CORNER": 0.1, "GAIN": 1.1, "N_PIXELS": 100,
+                "N_CLIPPED": 0}
 
-    exp_results = []
+    exp_stats = {}
     for e in range(3):
         dets = []
         for d in range(3):  # D = 3 -> limit T x 2; T = 2 -> 4 NOISE failures fail an exposure
             n_bad = 2 if e < 2 else 1  # exposures 0, 1: 6 NOISE failures; exposure 2: 3
             amps = {f"C0{a}": stats(9.0 if a < n_bad else 8.1) for a in range(4)}
             dets.append(v.verify_detector("bias", amps, exposure=100 + e, detector=f"R22_S0{d}"))
-        exp_results.append(v.verify_exposure("bias", dets))
-    run = v.verify_run("LSSTComCam", exp_results)
+        exp_stats[100 + e] = v.verify_exposure("bias", dets)
+    run = v.verify_run(exp_stats)
 
-    from_run = m.majority_decision(run, threshold={"bias": 2})
-    from_exps = m.majority_decision(exp_results, threshold=2)
-    lists = {str(r["EXPOSURE"]): r["FAILURES"] for r in exp_results}
+    from_exps = m.decide_from_exposure_stats(exp_stats, threshold={"bias": 2}, calib_type="bias")
+    from_run = m.majority_decision(run, n_detectors=3, threshold=2)
+    lists = {str(e): v.exposure_failures(x) for e, x in exp_stats.items()}
     plain = m.majority_decision(lists, n_detectors=3, threshold=2)
     for d in (from_run, from_exps, plain):
         assert d.n_exposures == 3 and d.n_detectors == 3 and d.test_failure_limit == 4
         assert d.failed_exposures == {"100": {"NOISE": 6}, "101": {"NOISE": 6}}
         assert d.counts["102"] == {"NOISE": 3}
         assert d.certify is False
-    assert from_run.calib_type == "bias"
+    assert from_exps.calib_type == "bias" and from_exps.detectors == ("R22_S00", "R22_S01", "R22_S02")
+    assert from_exps.to_dict()["DETECTORS"] == ["R22_S00", "R22_S01", "R22_S02"]
+    failures, detectors = m.failures_from_exposure_stats(exp_stats)
+    assert failures["102"] == ["R22_S00 C00 NOISE", "R22_S01 C00 NOISE", "R22_S02 C00 NOISE"]
+    assert detectors == ["R22_S00", "R22_S01", "R22_S02"]
     with pytest.raises(ValueError, match="n_detectors"):
         m.majority_decision({"e1": []})
+    with pytest.raises(ValueError, match="name no detector"):
+        m.decide_from_exposure_stats({1: {"SUCCESS": True}})
+    with pytest.raises(TypeError, match="list of strings"):
+        m.majority_decision({"e1": "R22_S00 C10 NOISE"}, n_detectors=1)

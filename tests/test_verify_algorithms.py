@@ -1,4 +1,5 @@
-"""Tests of the verification statistics, tests and merge (algorithms.verify).
+"""Tests of the verification statistics, tests and merge (algorithms.verify),
+including the cp_verify shapes of the detector, exposure and run dictionaries.
 
 Synthetic detector: 2 rows x 4 amplifiers of 100 x 200 px (20 000 px per amp,
 so a clipped std is known to ~0.5 %, a clipped mean to rn/141), serial
@@ -81,9 +82,30 @@ def detector_result(calib_type, image, mask, overscans, *, exposure=EXP, detecto
     return v.verify_detector(calib_type, stats, exposure=exposure, detector=detector, thresholds=thresholds)
 
 
+def failures(det) -> list[str]:
+    """Run-level failure strings of a detector dictionary (with its name)."""
+    return v.detector_failures(det, det["CPC_IDENTITY"]["DETECTOR"])
+
+
+def amp_view(det, amp) -> dict:
+    """Every statistic of one amplifier: cp_verify's AMP, our CPC_AMP and the
+    metadata read noise."""
+    view = dict(det["AMP"][amp])
+    view.update(det["CPC_AMP"][amp])
+    if "READ_NOISE_ADU" in det["METADATA"]:
+        view["READ_NOISE_ADU"] = det["METADATA"]["READ_NOISE_ADU"][amp]
+    return view
+
+
+def amp_tests_of(det, amp) -> dict:
+    """The amplifier's tests (without SUCCESS)."""
+    return {k: val for k, val in det["VERIFY"]["AMP"][amp].items() if k != "SUCCESS"}
+
+
 def fake_amp_stats(mean: float, noise: float, gain: float = 1.1, rn: float = 8.0) -> dict:
-    return {"MEAN": mean, "MEANCLIP": mean, "NOISE": noise, "READ_NOISE": rn, "CR_NOISE": noise,
-            "CR_OVERFLOW": False, "GAIN": gain, "N_PIXELS": 1000, "N_CLIPPED": 0}
+    return {"MEAN": mean, "MEANCLIP": mean, "NOISE": noise, "READ_NOISE": rn, "READ_NOISE_ADU": rn / gain,
+            "CR_NOISE": noise, "CR_OVERFLOW": False, "AMP_CORNER": mean, "GAIN": gain, "N_PIXELS": 1000,
+            "N_CLIPPED": 0}
 
 
 def flat_detector(exposure, detector, level, amp_levels=None):
@@ -94,10 +116,10 @@ def flat_detector(exposure, detector, level, amp_levels=None):
 
 
 def assert_plain(obj) -> None:
-    """Only str/int/float/bool/None/list/dict, with str keys."""
+    """Only str/int/float/bool/None/list/dict, with str (or, run level, int) keys."""
     if isinstance(obj, dict):
         for k, val in obj.items():
-            assert type(k) is str
+            assert type(k) in (str, int)
             assert_plain(val)
     elif isinstance(obj, list):
         for val in obj:
@@ -199,15 +221,19 @@ def test_clean_frame_passes_everything(calib_type):
     rng = np.random.default_rng(10)
     image, mask, overscans = make_bias(rng)
     det = detector_result(calib_type, image, mask, overscans)
-    assert det["SUCCESS"] is True and det["FAILURES"] == []
-    for amp, rec in det["AMP"].items():
-        assert rec["TESTS"] == {"MEAN": True, "NOISE": True, "CR_NOISE": True, "PROCESSING": True}
+    assert det["SUCCESS"] is True and failures(det) == []
+    for amp in det["AMP"]:
+        rec = amp_view(det, amp)
+        assert det["VERIFY"]["AMP"][amp] == {"MEAN": True, "NOISE": True, "CR_NOISE": True,
+                                             "PROCESSING": True, "SUCCESS": True}
         # measured noise (20 000 px: 0.5 % rms) and overscan read noise (6 400 px: 0.9 % rms,
         # -0.3 % from the row median) agree with the truth within ~4.5 sigma
         assert rec["NOISE"] == pytest.approx(READ_NOISE[amp], rel=0.025)
         assert rec["READ_NOISE"] == pytest.approx(READ_NOISE[amp], rel=0.04)
         assert abs(rec["MEANCLIP"]) < 5 * READ_NOISE[amp] / math.sqrt(NX * NY)
-    assert det["TESTS"] == {}
+        # cp_verify's READ_NOISE_ADU: the overscan noise in ADU
+        assert rec["READ_NOISE_ADU"] == pytest.approx(READ_NOISE[amp] / GAINS[amp], rel=0.04)
+    assert det["VERIFY"] == {"AMP": det["VERIFY"]["AMP"]} and det["DET"] == {}
 
 
 def test_mean_offset_fails_mean_for_that_amp_only():
@@ -215,9 +241,9 @@ def test_mean_offset_fails_mean_for_that_amp_only():
     image, mask, overscans = make_bias(rng, offsets={"C12": 40.0})
     det = detector_result("bias", image, mask, overscans)
     assert det["SUCCESS"] is False
-    assert det["FAILURES"] == ["R22_S11 C12 MEAN"]
-    assert det["AMP"]["C12"]["MEANCLIP"] == pytest.approx(40.0, abs=0.5)
-    assert det["AMP"]["C12"]["TESTS"]["NOISE"] is True  # the offset does not change the noise
+    assert failures(det) == ["R22_S11 C12 MEAN"]
+    assert amp_view(det, "C12")["MEANCLIP"] == pytest.approx(40.0, abs=0.5)
+    assert amp_tests_of(det, "C12")["NOISE"] is True  # the offset does not change the noise
 
 
 def test_extra_noise_fails_noise_for_that_amp_only():
@@ -225,10 +251,10 @@ def test_extra_noise_fails_noise_for_that_amp_only():
     # total noise 1.2 x read noise (extra 0.66 rn added in quadrature)
     image, mask, overscans = make_bias(rng, noise_factor={"C03": 1.2})
     det = detector_result("dark", image, mask, overscans)
-    assert det["FAILURES"] == ["R22_S11 C03 NOISE"]
-    rec = det["AMP"]["C03"]
+    assert failures(det) == ["R22_S11 C03 NOISE"]
+    rec = amp_view(det, "C03")
     assert rec["NOISE"] / rec["READ_NOISE"] == pytest.approx(1.2, abs=0.04)
-    others = [det["AMP"][a]["NOISE"] / det["AMP"][a]["READ_NOISE"] - 1 for a in AMPS if a != "C03"]
+    others = [amp_view(det, a)["NOISE"] / amp_view(det, a)["READ_NOISE"] - 1 for a in AMPS if a != "C03"]
     assert max(others) < 0.03
 
 
@@ -248,7 +274,7 @@ def test_cr_noise_boundary(factor, passes):
     cr = cr_noise_of(image)
     cr["C10"] *= factor  # |noise - cr_noise| / cr_noise = |1/factor - 1|
     det = detector_result("dark", image, mask, overscans, cr_noise=cr)
-    assert det["FAILURES"] == ([] if passes else ["R22_S11 C10 CR_NOISE"])
+    assert failures(det) == ([] if passes else ["R22_S11 C10 CR_NOISE"])
 
 
 def test_missing_inputs_fail_rather_than_pass():
@@ -259,19 +285,19 @@ def test_missing_inputs_fail_rather_than_pass():
     )
     det = v.verify_detector("bias", stats, exposure=EXP, detector=DET)
     # every amp but C10 has no read noise -> NOISE cannot pass
-    assert sorted(det["FAILURES"]) == sorted(f"R22_S11 {a} NOISE" for a in AMPS if a != "C10")
+    assert sorted(failures(det)) == sorted(f"R22_S11 {a} NOISE" for a in AMPS if a != "C10")
     stats = v.detector_statistics(image, mask, amp_regions(), read_noise=READ_NOISE)
     det = v.verify_detector("bias", stats, exposure=EXP, detector=DET)
-    assert sorted(det["FAILURES"]) == sorted(f"R22_S11 {a} CR_NOISE" for a in AMPS)
+    assert sorted(failures(det)) == sorted(f"R22_S11 {a} CR_NOISE" for a in AMPS)
 
 
 def test_processing_fails_on_overflow():
     rng = np.random.default_rng(16)
     image, mask, overscans = make_bias(rng)
     det = detector_result("dark", image, mask, overscans, cr_overflow={"C02": True})
-    assert det["FAILURES"] == ["R22_S11 C02 PROCESSING"]
+    assert failures(det) == ["R22_S11 C02 PROCESSING"]
     det = detector_result("dark", image, mask, overscans, cr_overflow=True)  # whole detector
-    assert det["FAILURES"] == [f"R22_S11 {a} PROCESSING" for a in AMPS]
+    assert failures(det) == [f"R22_S11 {a} PROCESSING" for a in AMPS]
 
 
 # ---------------------------------------------------------------------------
@@ -284,17 +310,22 @@ def test_flat_noise_in_adu_passes_and_poisson_ratio_is_one():
     level = dict.fromkeys(AMPS, 20_000.0)
     image, mask, overscans = make_bias(rng, level=level, poisson=True)
     det = detector_result("flat", image, mask, overscans)
-    assert det["SUCCESS"] is True, det["FAILURES"]
-    for amp, rec in det["AMP"].items():
-        assert rec["TESTS"] == {"NOISE": True}
+    assert det["SUCCESS"] is True, failures(det)
+    for amp in det["AMP"]:
+        rec = amp_view(det, amp)
+        assert det["VERIFY"]["AMP"][amp] == {"NOISE": True, "SUCCESS": True}
         assert rec["MEAN_ADU"] == pytest.approx(20_000.0 / GAINS[amp], rel=1e-3)
         assert rec["NOISE_ADU"] <= rec["SQRT_MEAN_ADU"]
         # std / sqrt(mean + rn^2) = 1 within 4 x the 0.5 % precision of a 20 000 px std
         assert rec["POISSON_RATIO"] == pytest.approx(1.0, abs=0.02)
         # the ADU test passes with margin sqrt(gain): NOISE_ADU / SQRT_MEAN_ADU = 1/sqrt(gain)
         assert rec["NOISE_ADU"] / rec["SQRT_MEAN_ADU"] == pytest.approx(1 / math.sqrt(GAINS[amp]), abs=0.02)
-    assert det["STATS"]["SCATTER"] < 0.001
-    assert det["TESTS"] == {"SCATTER": True}
+    assert det["CPC_DET"]["REL_SCATTER"] < 0.001
+    assert det["VERIFY"]["DET"] == {"SCATTER": True, "SUCCESS": True}
+    # cp_verify's flat DET: mean and absolute std of the amp means; METADATA empty
+    means = [amp_view(det, a)["MEANCLIP"] for a in AMPS]
+    assert det["DET"] == {"MEAN": pytest.approx(np.mean(means)), "SCATTER": pytest.approx(np.std(means))}
+    assert det["METADATA"] == {} and list(det["AMP"]["C10"]) == ["MEAN", "NOISE"]
 
 
 def test_flat_poisson_test_is_stricter_and_optional():
@@ -308,13 +339,13 @@ def test_flat_poisson_test_is_stricter_and_optional():
         rng, level=level, poisson=True, gains=gains, noise_factor={"C13": factor}
     )
     det = detector_result("flat", image, mask, overscans, gains=gains)
-    rec = det["AMP"]["C13"]
+    rec = amp_view(det, "C13")
     assert rec["POISSON_RATIO"] == pytest.approx(1.10, abs=0.02)
-    assert det["SUCCESS"] is True and "POISSON_NOISE" not in rec["TESTS"]
+    assert det["SUCCESS"] is True and "POISSON_NOISE" not in amp_tests_of(det, "C13")
     strict = v.VerifyThresholds(flat_poisson=True)
     det = detector_result("flat", image, mask, overscans, gains=gains, thresholds=strict)
-    assert det["FAILURES"] == ["R22_S11 C13 POISSON_NOISE"]
-    assert det["AMP"]["C12"]["TESTS"] == {"NOISE": True, "POISSON_NOISE": True}
+    assert failures(det) == ["R22_S11 C13 POISSON_NOISE"]
+    assert amp_tests_of(det, "C12") == {"NOISE": True, "POISSON_NOISE": True}
     loose = v.VerifyThresholds(flat_poisson=True, flat_poisson_tolerance=0.15)
     assert detector_result("flat", image, mask, overscans, gains=gains, thresholds=loose)["SUCCESS"]
 
@@ -331,9 +362,11 @@ def test_flat_illumination_gradient_fails_detector_scatter():
     image, mask, overscans = make_bias(rng, level=level, poisson=True)
     det = detector_result("flat", image, mask, overscans)
     expected = np.std(list(level.values())) / np.mean(list(level.values()))
-    assert det["STATS"]["SCATTER"] == pytest.approx(expected, rel=0.01)
-    assert det["FAILURES"] == ["R22_S11 SCATTER"]  # every amp passes its own tests
-    assert all(rec["SUCCESS"] for rec in det["AMP"].values())
+    assert det["CPC_DET"]["REL_SCATTER"] == pytest.approx(expected, rel=0.01)
+    assert det["DET"]["SCATTER"] / det["DET"]["MEAN"] == pytest.approx(expected, rel=0.01)
+    assert failures(det) == ["R22_S11 SCATTER"]  # every amp passes its own tests
+    assert all(rec["SUCCESS"] for rec in det["VERIFY"]["AMP"].values())
+    assert det["VERIFY"]["DET"] == {"SCATTER": False, "SUCCESS": False}
     assert det["SUCCESS"] is False
 
 
@@ -345,19 +378,21 @@ def test_exposure_scatter_is_normalised():
     dets = [flat_detector(EXP, f"R22_S{i // 3}{i % 3}", lvl) for i, lvl in enumerate(levels)]
     exp = v.verify_exposure("flat", dets)
     assert np.std(levels) > 0.05  # cp_verify would fail this exposure
-    assert exp["STATS"]["SCATTER"] == pytest.approx(np.std(levels) / np.mean(levels), rel=1e-9)
-    assert exp["SUCCESS"] is True and exp["TESTS"] == {"SCATTER": True}
+    assert exp["EXP"]["SCATTER"] == pytest.approx(np.std(levels) / np.mean(levels), rel=1e-9)
+    assert exp["SUCCESS"] is True and exp["VERIFY"] == {"EXP": {"SCATTER": True}}
+    # cp_verify's keys only: detector names, EXP, VERIFY, SUCCESS
+    assert list(exp) == [f"R22_S{i // 3}{i % 3}" for i in range(9)] + ["EXP", "VERIFY", "SUCCESS"]
 
     # low-level case where the unnormalised std passes but the scatter fails
     dets = [flat_detector(EXP, "R22_S00", 0.10), flat_detector(EXP, "R22_S01", 0.13)]
     exp = v.verify_exposure("flat", dets)
     assert np.std([0.10, 0.13]) < 0.05
-    assert exp["STATS"]["SCATTER"] == pytest.approx(0.015 / 0.115)
-    assert exp["FAILURES"][-1] == "SCATTER"
+    assert exp["EXP"]["SCATTER"] == pytest.approx(0.015 / 0.115)
+    assert v.exposure_failures(exp)[-1] == "SCATTER"
 
     # a single detector (LATISS) has scatter 0
     exp = v.verify_exposure("flat", [flat_detector(EXP, "RXX_S00", 20_000.0)])
-    assert exp["STATS"]["SCATTER"] == 0.0 and exp["SUCCESS"] is True
+    assert exp["EXP"]["SCATTER"] == 0.0 and exp["SUCCESS"] is True
 
 
 # ---------------------------------------------------------------------------
@@ -373,23 +408,31 @@ def test_merge_levels_and_failure_strings():
     d12 = v.verify_detector("bias", good, exposure=e1, detector="R22_S12")
     d21 = v.verify_detector("bias", bad, exposure=e2, detector="R22_S11")
     d22 = v.verify_detector("bias", good, exposure=e2, detector="R22_S12")
-    assert d11["FAILURES"] == ["R22_S11 C01 NOISE"] and d11["SUCCESS"] is False
-    assert d11["AMP"]["C00"]["SUCCESS"] is True and d11["AMP"]["C01"]["SUCCESS"] is False
+    assert failures(d11) == ["R22_S11 C01 NOISE"] and d11["SUCCESS"] is False
+    assert v.detector_failures(d11) == ["C01 NOISE"]  # exposure-level form
+    assert d11["VERIFY"]["AMP"]["C00"]["SUCCESS"] is True and d11["VERIFY"]["AMP"]["C01"]["SUCCESS"] is False
     assert d12["SUCCESS"] is True
+    # cp_verify's detector keys in cp_verify's order, then ours
+    assert list(d11) == ["AMP", "METADATA", "CATALOG", "DET", "VERIFY", "SUCCESS",
+                         "CPC_IDENTITY", "CPC_AMP", "CPC_DET"]
+    assert list(d11["AMP"]["C00"]) == ["MEAN", "NOISE", "CR_NOISE", "AMP_CORNER"]
 
     x1 = v.verify_exposure("bias", [d11, d12])
-    assert x1["EXPOSURE"] == e1 and x1["SUCCESS"] is False
-    assert x1["FAILURES"] == ["R22_S11 C01 NOISE"]
-    assert x1["DETECTORS"]["R22_S11"]["SUCCESS"] is False and x1["DETECTORS"]["R22_S12"]["SUCCESS"] is True
+    assert x1 == {"R22_S11": {"SUCCESS": False, "FAILURES": ["C01 NOISE"]}, "R22_S12": {"SUCCESS": True},
+                  "SUCCESS": False}
+    assert v.exposure_failures(x1) == ["R22_S11 C01 NOISE"]
+    assert v.exposure_detectors(x1) == ["R22_S11", "R22_S12"]
+    # detector names may also be given by the caller (as the task does from the data IDs)
+    assert v.verify_exposure("bias", {"R22_S11": d11, "R22_S12": d12}) == x1
 
-    run = v.verify_run("LSSTComCam", [x1, v.verify_exposure("bias", [d21, d22])])
-    assert run["SUCCESS"] is False
-    assert run["FAILURES"] == ["2026112500012 R22_S11 C01 NOISE", "2026112500013 R22_S11 C01 NOISE"]
-    assert len(set(run["FAILURES"])) == len(run["FAILURES"])
-    assert run["N_EXPOSURES"] == 2 and run["N_DETECTORS"] == 2
-    assert run["DETECTORS"] == ["R22_S11", "R22_S12"]
-    assert set(run["EXPOSURES"]) == {"2026112500012", "2026112500013"}
-    assert run["EXPOSURES"]["2026112500012"]["FAILURES"] == ["R22_S11 C01 NOISE"]
+    x2 = v.verify_exposure("bias", [d21, d22])
+    run = v.verify_run({e2: x2, e1: x1})
+    assert run == {e1: {"SUCCESS": False, "FAILURES": ["R22_S11 C01 NOISE"]},
+                   e2: {"SUCCESS": False, "FAILURES": ["R22_S11 C01 NOISE"]},
+                   "SUCCESS": False}
+    assert list(run) == [e1, e2, "SUCCESS"]  # integer exposure ids, ascending
+    passing = v.verify_exposure("bias", [d12])
+    assert v.verify_run({e1: passing}) == {e1: {"SUCCESS": True}, "SUCCESS": True}
 
     # flat: an exposure fails on its own test even when all detectors pass
     f1 = flat_detector(e1, "R22_S00", 20_000.0)
@@ -397,21 +440,72 @@ def test_merge_levels_and_failure_strings():
     f3 = flat_detector(e2, "R22_S00", 20_000.0, amp_levels=[16_000.0, 18_000.0, 22_000.0, 24_000.0])
     assert f1["SUCCESS"] and f2["SUCCESS"]
     xf1 = v.verify_exposure("flat", [f1, f2])
-    assert xf1["FAILURES"] == ["SCATTER"] and xf1["SUCCESS"] is False
+    assert v.exposure_failures(xf1) == ["SCATTER"] and xf1["SUCCESS"] is False
+    assert xf1["R22_S00"] == {"SUCCESS": True} and xf1["VERIFY"] == {"EXP": {"SCATTER": False}}
     xf2 = v.verify_exposure("flat", [f3])
-    assert xf2["FAILURES"] == ["R22_S00 SCATTER"]
-    runf = v.verify_run("LSSTComCam", [xf1, xf2])
-    assert runf["FAILURES"] == ["2026112500012 SCATTER", "2026112500013 R22_S00 SCATTER"]
+    assert xf2["R22_S00"] == {"SUCCESS": False, "FAILURES": ["SCATTER"]}
+    assert v.exposure_failures(xf2) == ["R22_S00 SCATTER"]
+    runf = v.verify_run({e1: xf1, e2: xf2})
+    assert runf[e1]["FAILURES"] == ["SCATTER"] and runf[e2]["FAILURES"] == ["R22_S00 SCATTER"]
 
     # every failure string ends with the test name
-    for f in run["FAILURES"] + runf["FAILURES"]:
+    for f in [f for level in (run, runf) for e, rec in level.items() if e != "SUCCESS"
+              for f in rec.get("FAILURES", [])]:
         assert f.split()[-1] in {"MEAN", "NOISE", "CR_NOISE", "PROCESSING", "SCATTER"}
 
-    # all levels are plain JSON / YAML data
+    # all levels are plain YAML data (JSON too, except the integer keys of the run level)
     for obj in (d11, x1, run, f3, xf1, runf):
         assert_plain(obj)
+        assert yaml.safe_load(yaml.safe_dump(obj, sort_keys=False)) == obj
+    for obj in (d11, x1, f3, xf1):
         assert json.loads(json.dumps(obj)) == obj
-        assert yaml.safe_load(yaml.safe_dump(obj)) == obj
+
+
+def test_failures_follow_cp_verify_rules():
+    """Only boolean False is a failure, a level with SUCCESS True lists
+    nothing, detector tests come before amplifier tests, and a detector
+    dictionary written by cp_verify (no CPC_ keys) merges the same way."""
+    det = {
+        "AMP": {"C10": {"MEAN": 1.0, "NOISE": 5.0}, "C11": {"MEAN": 1.0, "NOISE": 9.0}},
+        "METADATA": {}, "CATALOG": {}, "DET": {"MEAN": 1.0, "SCATTER": 0.2},
+        "VERIFY": {"AMP": {"C10": {"NOISE": True, "SUCCESS": True},
+                           "C11": {"NOISE": False, "EXTRA": None, "SUCCESS": False}},
+                   "DET": {"SCATTER": False, "SUCCESS": False}},
+        "SUCCESS": False,
+    }
+    assert v.detector_failures(det) == ["SCATTER", "C11 NOISE"]
+    assert v.detector_failures(dict(det, SUCCESS=True)) == []
+    # an amp whose SUCCESS is true lists nothing, as in cp_verify (READ_NOISE_CONSISTENT)
+    det["VERIFY"]["AMP"]["C10"]["READ_NOISE_CONSISTENT"] = False
+    assert v.detector_failures(det) == ["SCATTER", "C11 NOISE"]
+    exp = v.verify_exposure("flat", {"R22_S11": det, "R22_S12": dict(det, SUCCESS=True, DET={"MEAN": 1.1})})
+    assert exp["R22_S11"] == {"SUCCESS": False, "FAILURES": ["SCATTER", "C11 NOISE"]}
+    assert exp["EXP"]["SCATTER"] == pytest.approx(0.05 / 1.05)
+    assert exp["VERIFY"] == {"EXP": {"SCATTER": True}} and exp["SUCCESS"] is False
+    assert v.exposure_failures(exp) == ["R22_S11 SCATTER", "R22_S11 C11 NOISE"]
+
+
+def test_amp_corner_at_the_readout_corner():
+    region = (slice(100, 200), slice(400, 600))
+    corner = v.readout_corner_region
+    assert corner(region, flip_x=True, flip_y=False, size=50) == (slice(100, 150), slice(550, 600))
+    assert corner(region, flip_x=False, flip_y=True, size=50) == (slice(150, 200), slice(400, 450))
+    # clipped to the amplifier (a 0.125-scale amp is smaller than cp_verify's 200 px box)
+    assert v.readout_corner_region(region, flip_x=True, flip_y=True) == (slice(100, 200), slice(400, 600))
+    rng = np.random.default_rng(5)
+    image, mask, overscans = make_bias(rng)
+    r = amp_regions()["C13"]
+    corner = v.readout_corner_region(r, flip_x=True, flip_y=False, size=40)
+    image[corner] += 25.0  # a warm readout corner: 1600 px at +25 e-
+    mask[corner[0].start, corner[1].start] = masks.BIT["BAD"]  # masked pixels are ignored
+    stats = v.detector_statistics(image, mask, amp_regions(), gains=GAINS, overscans=overscans,
+                                  cr_noise=cr_noise_of(image), corner_regions={"C13": corner})
+    # mean of 1599 px of noise 9.2 e-: +-0.23 e- rms
+    assert stats["C13"]["AMP_CORNER"] == pytest.approx(25.0, abs=1.2)
+    assert math.isnan(stats["C12"]["AMP_CORNER"])
+    det = v.verify_detector("bias", stats, exposure=EXP, detector=DET)
+    assert det["AMP"]["C13"]["AMP_CORNER"] == stats["C13"]["AMP_CORNER"]
+    assert "AMP_CORNER" not in v.verify_detector("dark", stats, exposure=EXP, detector=DET)["AMP"]["C13"]
 
 
 def test_merge_consistency_checks():
@@ -422,6 +516,8 @@ def test_merge_consistency_checks():
         v.verify_exposure("bias", [d1, d2])
     with pytest.raises(ValueError, match="twice"):
         v.verify_exposure("bias", [d1, d1])
+    with pytest.raises(ValueError, match="no exposure"):
+        v.verify_run({})
     with pytest.raises(ValueError, match="types"):
         v.verify_exposure("dark", [d1])
     with pytest.raises(ValueError, match="white space"):
@@ -432,26 +528,38 @@ def test_merge_consistency_checks():
 
 def test_results_table():
     rng = np.random.default_rng(30)
-    dets = []
+    rows = []
     for exp in (EXP, EXP + 1):
         image, mask, overscans = make_bias(rng, offsets={"C12": 40.0} if exp == EXP else None)
-        dets.append(detector_result("bias", image, mask, overscans, exposure=exp))
-    table = v.results_table(dets)
+        det = detector_result("bias", image, mask, overscans, exposure=exp)
+        rows += v.results_rows("bias", det, instrument="LSSTComCam", exposure=exp, detector=4, mjd=61000.5)
+    table = v.results_table(rows)
     assert len(table) == 2 * len(AMPS)
-    for col in ("EXPOSURE", "DETECTOR", "AMP", "MEAN", "MEANCLIP", "NOISE", "READ_NOISE", "CR_NOISE",
-                "CR_OVERFLOW", "GAIN", "TEST_MEAN", "TEST_NOISE", "TEST_CR_NOISE", "TEST_PROCESSING",
-                "SUCCESS"):
+    # cp_verify's columns first, in its order (analysis_tools reads detector, amplifier and BIAS_*)
+    assert table.colnames[:16] == [
+        "instrument", "exposure", "detector", "mjd", "amplifier", "BIAS_MEAN", "BIAS_NOISE", "BIAS_CR_NOISE",
+        "BIAS_AMP_CORNER", "BIAS_VERIFY_MEAN", "BIAS_VERIFY_NOISE", "BIAS_VERIFY_CR_NOISE",
+        "BIAS_VERIFY_PROCESSING", "BIAS_VERIFY_SUCCESS", "BIAS_READ_NOISE_ADU", "BIAS_MEANCLIP"]
+    for col in ("BIAS_READ_NOISE", "BIAS_CR_OVERFLOW", "BIAS_GAIN", "BIAS_N_PIXELS", "BIAS_DET_NOISE"):
         assert col in table.colnames
-    failed = table[~table["SUCCESS"]]
+    failed = table[~table["BIAS_VERIFY_SUCCESS"]]
     assert len(failed) == 1
-    assert (failed["EXPOSURE"][0], failed["DETECTOR"][0], failed["AMP"][0]) == (EXP, DET, "C12")
-    assert not failed["TEST_MEAN"][0] and failed["TEST_NOISE"][0]
-    rows = v.results_rows(dets)
-    assert rows[0]["EXPOSURE"] == EXP and rows[0]["AMP"] == "C10"
+    assert (failed["exposure"][0], failed["detector"][0], failed["amplifier"][0]) == (EXP, 4, "C12")
+    assert not failed["BIAS_VERIFY_MEAN"][0] and failed["BIAS_VERIFY_NOISE"][0]
+    assert failed["BIAS_MEANCLIP"][0] == pytest.approx(40.0, abs=0.5)
+    assert rows[0]["exposure"] == EXP and rows[0]["amplifier"] == "C10" and rows[0]["mjd"] == 61000.5
+    assert rows[0]["instrument"] == "LSSTComCam"
 
-    flat = v.results_table([flat_detector(EXP, "R22_S00", 20_000.0)])
-    for col in ("MEAN_ADU", "NOISE_ADU", "POISSON_RATIO", "TEST_NOISE", "DETECTOR_TEST_SCATTER"):
+    det = flat_detector(EXP, "R22_S00", 20_000.0)
+    flat = v.results_table(v.results_rows("flat", det, instrument="LSSTComCam", exposure=EXP, detector=0,
+                                          physical_filter="r_03"))
+    assert flat.colnames[:12] == [
+        "instrument", "exposure", "detector", "physical_filter", "mjd", "amplifier", "FLAT_MEAN",
+        "FLAT_NOISE", "FLAT_VERIFY_NOISE", "FLAT_VERIFY_SUCCESS", "FLAT_DET_MEAN", "FLAT_DET_SCATTER"]
+    for col in ("FLAT_DET_VERIFY_SCATTER", "FLAT_MEAN_ADU", "FLAT_NOISE_ADU", "FLAT_POISSON_RATIO",
+                "FLAT_DET_REL_SCATTER"):
         assert col in flat.colnames
+    assert set(flat["physical_filter"]) == {"r_03"} and np.all(flat["FLAT_DET_VERIFY_SCATTER"])
 
 
 def test_tests_for():

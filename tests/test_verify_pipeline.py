@@ -16,6 +16,10 @@ One module fixture simulates the frames and runs, in order:
   with an illumination gradient, and again on the 2 clean ones with a
   defect list.
 
+The outputs have cp_verify's names and shapes: besides the numbers, the
+tests read them with a reader that follows cp_verify's merge tasks and the
+ScriptQueue script (``test_cp_verify_shapes``).
+
 Noise budget of the NOISE test (SPEC §4): the overscan row median of 58
 columns adds ~1.35 % to the noise, so internal verification expects
 NOISE/READ_NOISE ≈ √(1 − 1/N)·1.0135 and external ≈ √(1 + 1/N)·1.0135
@@ -37,6 +41,8 @@ import numpy as np
 import pytest
 from conftest import run_cp_pipeline
 from lsst.cpcombined.algorithms import defects as defects_algo
+from lsst.cpcombined.obs.instrument import get_instrument
+from lsst.cpcombined.repo.calib_tables import DEFECTS_CALIBCLS, calib_identity, defects_table
 from lsst.cpcombined.repo.certify import CertificationRefused, certify_calibration
 from lsst.cpcombined.repo.collections import collection_exists
 from lsst.cpcombined.repo.create import create_repo
@@ -44,8 +50,9 @@ from lsst.cpcombined.simulation import SimulationTruth
 from lsst.cpcombined.simulation.camera import SimulatedCamera
 from lsst.cpcombined.tasks.verify_decision import CpVerifyDecisionTask
 from lsst.cpcombined.tasks.verify_detector import CpVerifyDetectorConfig
-from lsst.daf.butler import Butler, DatasetType
+from lsst.daf.butler import Butler, DimensionUniverse
 from lsst.pipe.base import Pipeline
+from test_cp_verify_shapes import cp_verify_flat_exposure_tests, cp_verify_merge, script_decision
 
 N_REF_BIAS = 16
 N_DARK = 6
@@ -78,6 +85,7 @@ TRUTH = {
 }
 FAULT_RUN_CONFIG = {"verifyBiasDetector:noiseThreshold": 0.10, "verifyBiasDecision:threshold": 1}
 RAW = "LATISS/raw/all"
+FLAT_FILTER = get_instrument("LATISS").default_flat_filter
 
 
 def _run(ns, name, inputs, output, exposures, config=None):
@@ -124,13 +132,13 @@ def latiss(tmp_path_factory):
     _run(ns, "verifyFlat", [RAW, "gen/flat", "gen/dark", "gen/bias"], "verify/flat", ns.flat_set)
     # Same two clean flats with a defect list holding the dead column.
     ns.defect_boxes = [[BAD_COLUMN_X, 0, 1, 250]]
-    butler.registry.registerDatasetType(
-        DatasetType("defects", ("instrument", "detector"), "ArrowAstropy",
-                    universe=butler.dimensions, isCalibration=True)
-    )
     butler.collections.register("defects/manual")
-    butler.put(defects_algo.boxes_to_table(ns.defect_boxes, shape=(500, 512)), "defects",
-               instrument="LATISS", detector=0, run="defects/manual")
+    identity = calib_identity("defects", schema="", version=2.0, calibcls=DEFECTS_CALIBCLS,
+                              instrument="LATISS", detector=0, detector_name=DET)
+    identity.update(DET_NY=500, DET_NX=512)
+    boxes = defects_algo.boxes_to_table(ns.defect_boxes, shape=(500, 512))
+    butler.put(defects_table(boxes, identity), "defects", instrument="LATISS", detector=0,
+               run="defects/manual")
     _run(ns, "verifyFlat", [RAW, "gen/flat", "gen/dark", "gen/bias", "defects/manual"], "verify/flat/defects",
          ns.flats[:2])
     return ns
@@ -141,11 +149,19 @@ def _get(ns, name, collection, **data_id):
 
 
 def _failures_by_test(run_stats):
+    """Test name -> {"<exposure> <detector>[ <amp>]"} from a run dictionary."""
     out: dict[str, set[str]] = {}
-    for failure in run_stats["FAILURES"]:
-        tokens = failure.split()
-        out.setdefault(tokens[-1], set()).add(" ".join(tokens[:-1]))
+    for exposure, rec in run_stats.items():
+        if exposure == "SUCCESS":
+            continue
+        for failure in rec.get("FAILURES", []):
+            tokens = failure.split()
+            out.setdefault(tokens[-1], set()).add(" ".join([str(exposure), *tokens[:-1]]))
     return out
+
+
+def _exposures(run_stats):
+    return {e: rec for e, rec in run_stats.items() if e != "SUCCESS"}
 
 
 # -- internal verification: clean frames pass every test ---------------------------------
@@ -153,89 +169,120 @@ def _failures_by_test(run_stats):
 
 def test_clean_biases_pass_internal_verification(latiss):
     stats = _get(latiss, "verifyBiasStats", "verify/bias/internal")
-    assert stats["SUCCESS"] and stats["FAILURES"] == []
-    assert stats["N_EXPOSURES"] == 4 and stats["N_DETECTORS"] == 1
+    assert stats == {**{e: {"SUCCESS": True} for e in latiss.ref_biases[:4]}, "SUCCESS": True}
     table = _get(latiss, "verifyBiasResults", "verify/bias/internal")
     assert len(table) == 4 * 16
     for test in ("MEAN", "NOISE", "CR_NOISE", "PROCESSING"):
-        assert np.all(table[f"TEST_{test}"]), test
+        assert np.all(table[f"BIAS_VERIFY_{test}"]), test
     # Frame minus a reference it is part of: rn * sqrt(1 - 1/N) * overscan term.
-    ratio = np.asarray(table["NOISE"] / table["READ_NOISE"])
+    ratio = np.asarray(table["BIAS_NOISE"] / table["BIAS_READ_NOISE"])
     expected = math.sqrt(1 - 1 / N_REF_BIAS) * OVERSCAN_TERM
     assert abs(ratio.mean() - expected) < 0.005, (ratio.mean(), expected)
     assert ratio.max() < 1.02  # a 3 % margin or more on every amp
     # Read noise from the overscan matches the simulated truth.
     dt = latiss.truth.detector_truth(0)
-    rn_truth = np.array([dt.read_noise[a] for a in table["AMP"]])
-    assert np.all(np.abs(table["READ_NOISE"] / rn_truth - 1) < 0.03)
-    # Mean of a bias-subtracted bias is ~0: well inside |mean| < noise.
-    assert np.all(np.abs(table["MEANCLIP"]) < 0.1 * table["NOISE"])
-    decision = _get(latiss, "verifyBiasDecision", "verify/bias/internal")
+    rn_truth = np.array([dt.read_noise[a] for a in table["amplifier"]])
+    assert np.all(np.abs(table["BIAS_READ_NOISE"] / rn_truth - 1) < 0.03)
+    # cp_verify's READ_NOISE_ADU: the same overscan noise in ADU.
+    gain = np.array([dt.gain[a] for a in table["amplifier"]])
+    assert np.all(np.abs(table["BIAS_READ_NOISE_ADU"] * gain / rn_truth - 1) < 0.03)
+    # Mean of a bias-subtracted bias is ~0: well inside |mean| < noise; so is the readout corner.
+    assert np.all(np.abs(table["BIAS_MEANCLIP"]) < 0.1 * table["BIAS_NOISE"])
+    assert np.all(np.abs(table["BIAS_AMP_CORNER"]) < 0.2 * table["BIAS_NOISE"])
+    assert set(table["detector"]) == {0} and set(table["instrument"]) == {"LATISS"}
+    assert np.all((table["mjd"] > 60000) & (table["mjd"] < 70000))
+    decision = _get(latiss, "cpcVerifyBiasDecision", "verify/bias/internal")
     assert decision["CERTIFY"] is True and decision["THRESHOLD"] == 8
+    assert decision["N_EXPOSURES"] == 4 and decision["N_DETECTORS"] == 1 and decision["DETECTORS"] == [DET]
 
 
 def test_clean_darks_pass_internal_verification(latiss):
     stats = _get(latiss, "verifyDarkStats", "verify/dark")
-    assert stats["SUCCESS"] and stats["FAILURES"] == [], stats["FAILURES"]
-    assert stats["N_EXPOSURES"] == N_DARK
+    assert stats["SUCCESS"] is True, stats
+    assert len(_exposures(stats)) == N_DARK
     table = _get(latiss, "verifyDarkResults", "verify/dark")
-    ratio = np.asarray(table["NOISE"] / table["READ_NOISE"])
+    ratio = np.asarray(table["DARK_NOISE"] / table["DARK_READ_NOISE"])
     # Bias cancels (frame - mean of the darks); dark-current shot noise adds ~0.5 %.
     expected = math.sqrt(1 - 1 / N_DARK) * OVERSCAN_TERM
     assert abs(ratio.mean() - expected) < 0.015, (ratio.mean(), expected)
     assert ratio.max() < 1.0
-    assert np.all(table["TEST_CR_NOISE"]) and np.all(table["TEST_PROCESSING"])
+    assert np.all(table["DARK_VERIFY_CR_NOISE"]) and np.all(table["DARK_VERIFY_PROCESSING"])
     det = _get(latiss, "verifyDarkDetStats", "verify/dark", exposure=latiss.darks[0], detector=0)
-    assert det["COSMIC_RAYS"]["DONE"] and not det["COSMIC_RAYS"]["OVERFLOW"]
-    assert set(det["CALIBRATIONS"]) == {"bias", "dark"}
-    assert _get(latiss, "verifyDarkDecision", "verify/dark")["CERTIFY"] is True
+    cosmic_rays = det["CPC_PROCESSING"]["COSMIC_RAYS"]
+    assert cosmic_rays["DONE"] and not cosmic_rays["OVERFLOW"]
+    assert set(det["CPC_CALIBRATIONS"]) == {"bias", "dark"}
+    assert det["CPC_IDENTITY"]["EXPOSURE"] == latiss.darks[0] and det["CPC_IDENTITY"]["DETECTOR"] == DET
+    assert det["CPC_IDENTITY"]["EXPTIME"] == pytest.approx(DARK_TIME)
+    assert DARK_TIME <= det["CPC_IDENTITY"]["DARKTIME"] < DARK_TIME + 1  # plus the readout
+    decision = _get(latiss, "cpcVerifyDarkDecision", "verify/dark")
+    assert decision["CERTIFY"] is True
+    assert {c["run"] for c in decision["CALIBRATIONS"]["dark"]} == {
+        latiss.butler.collections.get_info("gen/dark").children[0]}
 
 
 def test_flats_clean_pass_and_gradient_fails_scatter(latiss):
     clean, grad = latiss.flat_set[:2], latiss.flat_set[2]
-    stats = _get(latiss, "verifyFlatStats", "verify/flat")
+    stats = _get(latiss, "verifyFlatStats", "verify/flat", physical_filter=FLAT_FILTER)
     for exp in clean:
-        assert stats["EXPOSURES"][str(exp)]["SUCCESS"], stats["EXPOSURES"][str(exp)]["FAILURES"]
+        assert stats[exp] == {"SUCCESS": True}
     by_test = _failures_by_test(stats)
     # Detector SCATTER fails on the gradient exposure only.
     assert by_test["SCATTER"] == {f"{grad} {DET}"}
     det = _get(latiss, "verifyFlatDetStats", "verify/flat", exposure=grad, detector=0)
     # 8 amp columns across a linear gradient: std/mean = 0.2864 * gradient.
-    assert det["STATS"]["SCATTER"] == pytest.approx(0.2864 * GRADIENT, rel=0.05)
+    assert det["CPC_DET"]["REL_SCATTER"] == pytest.approx(0.2864 * GRADIENT, rel=0.05)
+    rel_scatter = det["DET"]["SCATTER"] / det["DET"]["MEAN"]
+    assert rel_scatter == pytest.approx(det["CPC_DET"]["REL_SCATTER"], rel=1e-9)
+    assert det["VERIFY"]["DET"] == {"SCATTER": False, "SUCCESS": False}
+    assert det["CPC_IDENTITY"]["PHYSICAL_FILTER"] == FLAT_FILTER
     for exp in clean:
         d = _get(latiss, "verifyFlatDetStats", "verify/flat", exposure=exp, detector=0)
-        assert d["STATS"]["SCATTER"] < 0.002
-    # Exposure SCATTER (one detector) always passes.
+        assert d["CPC_DET"]["REL_SCATTER"] < 0.002
+    # Exposure SCATTER (one detector) always passes.  The gradient left by the flat also ramps
+    # within each amp (3.75 % across 64 columns), which fails every amp's NOISE.
     exp_stats = _get(latiss, "verifyFlatExpStats", "verify/flat", exposure=grad)
-    assert exp_stats["TESTS"] == {"SCATTER": True} and exp_stats["STATS"]["SCATTER"] == 0.0
-    # Flat NOISE in ADU (cp_verify's test): internal ratio sqrt(((1 - 1/N)(1 + a00 mu) + rn^2/mu) / g).
-    table = _get(latiss, "verifyFlatResults", "verify/flat")
-    clean_rows = table[np.isin(table["EXPOSURE"], clean) & (table["AMP"] != "C02")]
-    ratio = np.asarray(clean_rows["NOISE_ADU"] / clean_rows["SQRT_MEAN_ADU"])
-    mu = np.asarray(clean_rows["MEANCLIP"])
-    expected = np.sqrt(((1 - 1 / N_FLAT) * (1 - 2e-6 * mu) + clean_rows["READ_NOISE"] ** 2 / mu)
-                       / clean_rows["GAIN"])
+    grad_failures = ["SCATTER"] + [f"{amp} NOISE" for amp in ALL_AMPS]
+    assert exp_stats == {DET: {"SUCCESS": False, "FAILURES": grad_failures}, "EXP": {"SCATTER": 0.0},
+                         "VERIFY": {"EXP": {"SCATTER": True}}, "SUCCESS": False}
+    # Flat NOISE in ADU: internal ratio sqrt(((1 - 1/N)(1 + a00 mu) + rn^2/mu) / g).
+    table = _get(latiss, "verifyFlatResults", "verify/flat", physical_filter=FLAT_FILTER)
+    assert set(table["physical_filter"]) == {FLAT_FILTER}
+    clean_rows = table[np.isin(table["exposure"], clean) & (table["amplifier"] != "C02")]
+    ratio = np.asarray(clean_rows["FLAT_NOISE_ADU"] / clean_rows["FLAT_SQRT_MEAN_ADU"])
+    mu = np.asarray(clean_rows["FLAT_MEANCLIP"])
+    expected = np.sqrt(((1 - 1 / N_FLAT) * (1 - 2e-6 * mu) + clean_rows["FLAT_READ_NOISE"] ** 2 / mu)
+                       / clean_rows["FLAT_GAIN"])
     assert np.all(np.abs(ratio / expected - 1) < 0.03), ratio / expected
-    assert np.all(table["POISSON_RATIO"][np.isin(table["EXPOSURE"], clean)] < 1.0)
+    assert np.all(table["FLAT_POISSON_RATIO"][np.isin(table["exposure"], clean)] < 1.0)
+    # The detector and exposure tests on every amp row.
+    assert np.all(table["FLAT_DET_VERIFY_SCATTER"] == (table["exposure"] != grad))
+    assert np.all(table["FLAT_EXP_SCATTER"] == 0.0) and np.all(table["FLAT_EXP_VERIFY_SCATTER"])
+    # The decision is per physical filter: the gradient exposure fails (16 NOISE >= T = 8), but
+    # 1 failed exposure of 3 is below the limit of 2.
+    decision = _get(latiss, "cpcVerifyFlatDecision", "verify/flat", physical_filter=FLAT_FILTER)
+    assert decision["CERTIFY"] is True and decision["PHYSICAL_FILTER"] == FLAT_FILTER
+    assert decision["COUNTS"][str(grad)] == {"NOISE": 16, "SCATTER": 1}
+    assert decision["FAILED_EXPOSURES"] == {str(grad): {"NOISE": 16}}
+    assert decision["EXPOSURE_FAILURE_LIMIT"] == 2
 
 
 def test_flat_verification_uses_defects_when_present(latiss):
-    without = _get(latiss, "verifyFlatResults", "verify/flat")
-    with_defects = _get(latiss, "verifyFlatResults", "verify/flat/defects")
+    without = _get(latiss, "verifyFlatResults", "verify/flat", physical_filter=FLAT_FILTER)
+    with_defects = _get(latiss, "verifyFlatResults", "verify/flat/defects", physical_filter=FLAT_FILTER)
     for exp in latiss.flats[:2]:
-        a = without[(without["EXPOSURE"] == exp) & (without["AMP"] == "C02")][0]
-        b = with_defects[(with_defects["EXPOSURE"] == exp) & (with_defects["AMP"] == "C02")][0]
+        a = without[(without["exposure"] == exp) & (without["amplifier"] == "C02")][0]
+        b = with_defects[(with_defects["exposure"] == exp) & (with_defects["amplifier"] == "C02")][0]
         # The dead column (250 pixels) is masked BAD and left out of the statistics...
-        assert a["N_PIXELS"] - b["N_PIXELS"] == 250
+        assert a["FLAT_N_PIXELS"] - b["FLAT_N_PIXELS"] == 250
         # ...and its amplified noise (response 0.05) no longer inflates the amp noise.
-        assert b["NOISE"] < a["NOISE"]
-        other = with_defects[(with_defects["EXPOSURE"] == exp) & (with_defects["AMP"] == "C03")][0]
-        assert b["NOISE"] / math.sqrt(b["MEANCLIP"]) == pytest.approx(
-            other["NOISE"] / math.sqrt(other["MEANCLIP"]), rel=0.02)
+        assert b["FLAT_NOISE"] < a["FLAT_NOISE"]
+        other = with_defects[(with_defects["exposure"] == exp) & (with_defects["amplifier"] == "C03")][0]
+        assert b["FLAT_NOISE"] / math.sqrt(b["FLAT_MEANCLIP"]) == pytest.approx(
+            other["FLAT_NOISE"] / math.sqrt(other["FLAT_MEANCLIP"]), rel=0.02)
     det = _get(latiss, "verifyFlatDetStats", "verify/flat/defects", exposure=latiss.flats[0], detector=0)
-    assert det["CALIBRATIONS"]["defects"]["run"] == "defects/manual"
+    assert det["CPC_CALIBRATIONS"]["defects"]["run"] == "defects/manual"
     assert "defects" not in _get(latiss, "verifyFlatDetStats", "verify/flat", exposure=latiss.flats[0],
-                                 detector=0)["CALIBRATIONS"]
+                                 detector=0)["CPC_CALIBRATIONS"]
 
 
 # -- external verification with faults, and the majority boundary -----------------------
@@ -251,28 +298,30 @@ def test_external_verification_finds_faults_at_the_right_amps(latiss):
     stats_yes = _get(latiss, "verifyBiasStats", "verify/bias/yes")
     assert _failures_by_test(stats_yes) == {"MEAN": {f"{f_mean} {DET} {amp}" for amp in MEAN_FAULT_AMPS}}
     table = _get(latiss, "verifyBiasResults", "verify/bias/no")
-    row = table[(table["EXPOSURE"] == f_mean) & (table["AMP"] == "C10")][0]
+    row = table[(table["exposure"] == f_mean) & (table["amplifier"] == "C10")][0]
     gain = latiss.truth.detector_truth(0).gain["C10"]
-    assert row["MEANCLIP"] == pytest.approx(40.0 * gain, rel=0.05)  # the 40 ADU offset, in electrons
-    row = table[(table["EXPOSURE"] == f_noise) & (table["AMP"] == NOISE_FAULT_AMP)][0]
-    rn = row["READ_NOISE"]
+    assert row["BIAS_MEANCLIP"] == pytest.approx(40.0 * gain, rel=0.05)  # the 40 ADU offset, in electrons
+    # The offset covers the whole imaging area: the readout corner sees it too.
+    assert row["BIAS_AMP_CORNER"] == pytest.approx(40.0 * gain, rel=0.05)
+    row = table[(table["exposure"] == f_noise) & (table["amplifier"] == NOISE_FAULT_AMP)][0]
+    rn = row["BIAS_READ_NOISE"]
     expected = math.sqrt((rn * math.sqrt(1 + 1 / N_REF_BIAS) * OVERSCAN_TERM) ** 2 + 8.0**2)
-    assert row["NOISE"] == pytest.approx(expected, rel=0.03)
+    assert row["BIAS_NOISE"] == pytest.approx(expected, rel=0.03)
     # The calibration under test came from the CALIBRATION collection.
     det = _get(latiss, "verifyBiasDetStats", "verify/bias/no", exposure=c0, detector=0)
     certified = latiss.bias_certified.certified[0]
-    assert det["CALIBRATIONS"]["bias"]["id"] == certified.id
+    assert det["CPC_CALIBRATIONS"]["bias"]["id"] == certified.id
     # External noise budget: rn * sqrt(1 + 1/N) * overscan term on the clean frames.
-    clean = table[np.isin(table["EXPOSURE"], [c0])]
-    ratio = np.asarray(clean["NOISE"] / clean["READ_NOISE"])
+    clean = table[np.isin(table["exposure"], [c0])]
+    ratio = np.asarray(clean["BIAS_NOISE"] / clean["BIAS_READ_NOISE"])
     expected = math.sqrt(1 + 1 / N_REF_BIAS) * OVERSCAN_TERM
     assert abs(ratio.mean() - expected) < 0.006, (ratio.mean(), expected)
 
 
 def test_decision_boundary_at_pipeline_level(latiss):
     f_mean, f_noise, *_ = latiss.new_biases
-    yes = _get(latiss, "verifyBiasDecision", "verify/bias/yes")
-    no = _get(latiss, "verifyBiasDecision", "verify/bias/no")
+    yes = _get(latiss, "cpcVerifyBiasDecision", "verify/bias/yes")
+    no = _get(latiss, "cpcVerifyBiasDecision", "verify/bias/no")
     for d in (yes, no):
         assert d["N_EXPOSURES"] == 3 and d["N_DETECTORS"] == 1 and d["THRESHOLD"] == 1
         assert d["TEST_FAILURE_LIMIT"] == 1 and d["EXPOSURE_FAILURE_LIMIT"] == 2
@@ -291,12 +340,65 @@ def test_exposure_failure_limit_is_inclusive(latiss):
     """Exposure f_mean has exactly 2 MEAN failures (D = 1): it fails with
     T = 2 (limit 2) and passes with T = 3 (limit 3)."""
     f_mean = latiss.new_biases[0]
-    stats = _get(latiss, "verifyBiasStats", "verify/bias/no")
+    stats = {e: _get(latiss, "verifyBiasExpStats", "verify/bias/no", exposure=e) for e in latiss.set_no}
     for t, failed in ((2, True), (3, False)):
         task = CpVerifyDecisionTask(config=CpVerifyDecisionTask.ConfigClass(threshold=t))
         decision = task.run(stats, instrument="LATISS").outputDecision
         assert decision["TEST_FAILURE_LIMIT"] == t
         assert (str(f_mean) in decision["FAILED_EXPOSURES"]) is failed
+
+
+@pytest.mark.parametrize(("calib", "collection", "exposures"), [
+    ("Bias", "verify/bias/internal", "ref4"), ("Bias", "verify/bias/yes", "set_yes"),
+    ("Bias", "verify/bias/no", "set_no"), ("Dark", "verify/dark", "darks"),
+    ("Flat", "verify/flat", "flat_set"),
+])
+def test_outputs_read_as_cp_verify_reads_them(latiss, calib, collection, exposures):
+    """Our three levels, read with the rules of cp_verify's merge tasks and
+    of the ScriptQueue script (test_cp_verify_shapes): cp_verify's exposure
+    merge of our detector dictionaries gives our exposure dictionaries, and
+    its run merge of those gives our run dictionary (flats: the same SUCCESS
+    values; cp_verify's run merge drops flat detector failures, ours keeps
+    them)."""
+    exposures = latiss.ref_biases[:4] if exposures == "ref4" else getattr(latiss, exposures)
+    flat = calib == "Flat"
+    run_id = {"physical_filter": FLAT_FILTER} if flat else {}
+    ours_run = _get(latiss, f"verify{calib}Stats", collection, **run_id)
+    assert list(ours_run) == sorted(exposures) + ["SUCCESS"]
+    assert all(type(e) is int for e in _exposures(ours_run))
+    exp_dicts = {}
+    for exposure in exposures:
+        det = _get(latiss, f"verify{calib}DetStats", collection, exposure=exposure, detector=0)
+        assert list(det)[:6] == ["AMP", "METADATA", "CATALOG", "DET", "VERIFY", "SUCCESS"]
+        assert all(k.startswith("CPC_") and isinstance(det[k], dict) for k in list(det)[6:])
+        assert type(det["SUCCESS"]) is bool
+        assert all(type(t["SUCCESS"]) is bool for t in det["VERIFY"]["AMP"].values())
+        ours_exp = _get(latiss, f"verify{calib}ExpStats", collection, exposure=exposure)
+        exposure_tests = cp_verify_flat_exposure_tests if flat else None
+        theirs_exp = cp_verify_merge({DET: det}, exposure_tests=exposure_tests)
+        # One detector: cp_verify's absolute exposure scatter is 0, as our normalised one.
+        assert ours_exp == theirs_exp
+        exp_dicts[exposure] = ours_exp
+    theirs_run = cp_verify_merge(exp_dicts)
+    if not flat:
+        assert ours_run == theirs_run
+    else:
+        for e in exposures:
+            assert ours_run[e]["SUCCESS"] is theirs_run[e]["SUCCESS"]
+            assert set(theirs_run[e].get("FAILURES", [])) <= set(ours_run[e].get("FAILURES", []))
+        # cp_verify's run merge drops the gradient exposure's 17 failures (its exposure test passed).
+        grad = latiss.flat_set[2]
+        assert theirs_run[grad] == {"SUCCESS": False, "FAILURES": []}
+        assert ours_run[grad] == {"SUCCESS": False,
+                                  "FAILURES": [f"{DET} SCATTER"] + [f"{DET} {amp} NOISE" for amp in ALL_AMPS]}
+    # The ScriptQueue script reads our run level: every key but SUCCESS is an exposure.
+    threshold = 1 if collection in ("verify/bias/yes", "verify/bias/no") else 8
+    certify, n_failed, limit = script_decision(ours_run, n_detectors=1, threshold=threshold)
+    decision = _get(latiss, f"cpcVerify{calib}Decision", collection, **run_id)
+    assert n_failed == decision["N_FAILED_EXPOSURES"] and limit == int((len(exposures) + 1) / 2) + 1
+    # ...and, counting its SUCCESS key as an exposure, certifies the 2-of-3 "no" set that we refuse.
+    assert certify is True
+    assert decision["CERTIFY"] is (collection != "verify/bias/no")
 
 
 def test_refused_decision_certifies_nothing(latiss):
@@ -325,7 +427,7 @@ def test_outputs_hold_no_images(latiss):
     names = {ref.datasetType.name for ref in butler.registry.queryDatasets(..., collections=run)}
     products = {n for n in names if not n.endswith(("_config", "_metadata", "_log")) and n != "packages"}
     assert products == {"verifyBiasDetStats", "verifyBiasDetResults", "verifyBiasExpStats", "verifyBiasStats",
-                        "verifyBiasResults", "verifyBiasDecision"}
+                        "verifyBiasResults", "cpcVerifyBiasDecision"}
 
 
 def test_config_validation():
@@ -355,8 +457,15 @@ def test_pipelines_build(instrument, calib, monkeypatch):
     assert set(graph.tasks) == labels
     outputs = {graph.tasks[label].outputs[c].dataset_type_name
                for label in labels for c in graph.tasks[label].outputs}
-    assert outputs == {f"verify{calib}{kind}" for kind in
-                       ("DetStats", "DetResults", "ExpStats", "Stats", "Results", "Decision")}
+    shared = {f"verify{calib}{kind}" for kind in ("DetStats", "DetResults", "ExpStats", "Stats", "Results")}
+    assert outputs == shared | {f"cpcVerify{calib}Decision"}
+    # cp_verify's dimensions: the flat run outputs and our flat decision are per physical filter.
+    graph.resolve(dimensions=DimensionUniverse())
+    per_run = {"instrument", "physical_filter"} if calib == "Flat" else {"instrument"}
+    for name in (f"verify{calib}Stats", f"verify{calib}Results", f"cpcVerify{calib}Decision"):
+        assert set(graph.dataset_types[name].dimensions.required) == per_run, name
+    exp_dims = set(graph.dataset_types[f"verify{calib}ExpStats"].dimensions.required)
+    assert exp_dims == {"instrument", "exposure"}
     detector = graph.tasks[f"verify{calib}Detector"]
     prerequisites = {detector.prerequisite_inputs[c].dataset_type_name for c in detector.prerequisite_inputs}
     expected = {"Bias": {"bias"}, "Dark": {"bias", "dark"}, "Flat": {"bias", "dark", "flat"}}[calib]

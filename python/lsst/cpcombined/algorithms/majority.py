@@ -2,11 +2,10 @@
 
 Rule as implemented
 -------------------
-Inputs: the failure strings of each of the N verified exposures (see
-`lsst.cpcombined.algorithms.verify` for their format; the test name is the
-last space-separated token), the number D of detectors verified and the
-per-type threshold T (``number_verification_tests_threshold_{bias,dark,
-flat}``, default 8).
+Inputs: the failure strings of each of the N verified exposures (the test
+name is the last space-separated token), the number D of detectors verified
+and the per-type threshold T (``number_verification_tests_threshold_{bias,
+dark,flat}``, default 8).
 
 1. For each exposure, count the failures *per test name* over all its
    amplifiers, detectors and exposure-level tests (``"R22_S11 C10 NOISE"``
@@ -21,16 +20,32 @@ flat}``, default 8).
    otherwise it is certified.  With no exposure verified (N = 0) nothing is
    certified.
 
+Where the failures come from
+----------------------------
+`decide_from_exposure_stats` reads the exposure-level dictionaries
+(``verify<Type>ExpStats``, one per exposure, in cp_verify's shape, whether
+cp_verify or this package wrote them): per exposure, ``"<detector>
+<failure>"`` for every failure a detector entry lists (``"R22_S11 C10
+NOISE"``, ``"R22_S11 SCATTER"``) and ``"<TEST>"`` for every failed
+exposure-level test (``VERIFY.EXP``) — see
+`lsst.cpcombined.algorithms.verify.exposure_failures`.  N is the number of
+exposure dictionaries and D the number of distinct detector names in them.
+The run-level dictionary is not used: cp_verify's lists, for flats, only
+the exposure-level ``SCATTER`` test (its flat exposure dictionaries carry a
+``VERIFY`` key, which makes its run merge skip the detector entries), so
+flat amplifier and detector failures would never be counted.
+
 Differences from the original ScriptQueue script
 ------------------------------------------------
-The original script iterated over the run-level verification dictionary,
+The original script iterates over the run-level verification dictionary,
 in which the ``SUCCESS`` key sits next to the exposures, so ``SUCCESS`` was
 counted as one more exposure in N (which raises the limit ``⌊N/2⌋ + 1`` by
-one whenever the true N is odd).  It also documented T as a number of tests that
-must *pass* while using it as a number of *failures*.  Here N counts only
-exposures (our run statistics nest them under ``EXPOSURES``), T is
-documented and used as a failure-count threshold per test, and both limits
-are "reaches", i.e. ``>=``, tested at the boundary.
+one whenever the true N is odd).  It also documents T as a number of tests
+that must *pass* while using it as a number of *failures*, and (reading the
+run level) never sees the amplifier and detector failures of flats.  Here N
+counts only exposures, T is documented and used as a failure-count
+threshold per test, the failures are read from the exposure level, and both
+limits are "reaches", i.e. ``>=``, tested at the boundary.
 """
 
 from __future__ import annotations
@@ -40,20 +55,22 @@ __all__ = (
     "ExposureVerdict",
     "MajorityDecision",
     "count_failures",
+    "decide_from_exposure_stats",
     "exposure_failure_limit",
-    "exposure_failures",
     "failure_limit_per_test",
+    "failures_by_exposure",
+    "failures_from_exposure_stats",
     "majority_decision",
-    )
+)
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-#: Keys of a flat run dictionary that are not exposures.
-_SUMMARY_KEYS = frozenset(
-    {"SUCCESS", "FAILURES", "INSTRUMENT", "CALIB_TYPE", "N_EXPOSURES", "N_DETECTORS", "DETECTORS"}
-)
+from .verify import exposure_detectors, exposure_failures
+
+#: Key of a run-level dictionary that is not an exposure.
+_SUMMARY_KEYS = frozenset({"SUCCESS"})
 
 #: Default threshold T (``number_verification_tests_threshold_*``).
 DEFAULT_THRESHOLD = 8
@@ -87,63 +104,67 @@ def count_failures(failures: Iterable[str]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def exposure_failures(results: Any) -> dict[str, list[str]]:
-    """Per-exposure failure lists from any of the accepted inputs.
+def failures_by_exposure(results: Mapping[Any, Any]) -> dict[str, list[str]]:
+    """Per-exposure failure lists from a mapping exposure → failures.
 
     Parameters
     ----------
     results
-        One of: a mapping exposure → list of failure strings (or → a
-        dictionary with ``FAILURES``; summary keys such as ``SUCCESS`` and
-        ``FAILURES`` next to the exposures, as in the original script's
-        dictionary, are skipped, never counted as exposures); a run
-        statistics dictionary of `lsst.cpcombined.algorithms.verify.verify_run`
-        (``EXPOSURES`` → ``{"FAILURES": ...}``); a sequence of exposure
-        statistics dictionaries (`verify_exposure`, each with ``EXPOSURE``
-        and ``FAILURES``).
+        A mapping exposure → list of failure strings, or exposure → a
+        dictionary with an optional ``FAILURES`` list (a run-level
+        dictionary, ours or cp_verify's; its ``SUCCESS`` key is skipped,
+        never counted as an exposure).
 
     Returns
     -------
     failures : `dict` [`str`, `list` [`str`]]
-        Exposure id (as `str`) → its failure strings (exposure-level format:
-        without the exposure id).
+        Exposure id (as `str`) → its failure strings.
     """
+    if not isinstance(results, Mapping):
+        raise TypeError(f"cannot read exposure failures from {type(results).__name__}")
     out: dict[str, list[str]] = {}
-    if isinstance(results, Mapping) and "EXPOSURES" in results:
-        for exp, rec in results["EXPOSURES"].items():
-            out[str(exp)] = list(rec["FAILURES"])
-        return out
-    if isinstance(results, Mapping):
-        for exp, failures in results.items():
-            if exp in _SUMMARY_KEYS:
-                continue
-            if isinstance(failures, str):
-                raise TypeError(f"exposure {exp}: failures must be a list of strings, not a string")
-            if isinstance(failures, Mapping):
-                failures = failures["FAILURES"]
-            out[str(exp)] = list(failures)
-        return out
-    if isinstance(results, Sequence) and not isinstance(results, str):
-        for rec in results:
-            exp = str(rec["EXPOSURE"])
-            if exp in out:
-                raise ValueError(f"exposure {exp} given twice")
-            out[exp] = list(rec["FAILURES"])
-        return out
-    raise TypeError(f"cannot read exposure failures from {type(results).__name__}")
+    for exp, failures in results.items():
+        if exp in _SUMMARY_KEYS:
+            continue
+        if isinstance(failures, str):
+            raise TypeError(f"exposure {exp}: failures must be a list of strings, not a string")
+        if isinstance(failures, Mapping):
+            failures = failures.get("FAILURES") or []
+        if str(exp) in out:
+            raise ValueError(f"exposure {exp} given twice")
+        out[str(exp)] = list(failures)
+    return out
 
 
-def _detector_count(results: Any) -> int | None:
-    if isinstance(results, Mapping) and "N_DETECTORS" in results:
-        return int(results["N_DETECTORS"])
-    if isinstance(results, Sequence) and not isinstance(results, str):
-        names: set[str] = set()
-        for rec in results:
-            if not isinstance(rec, Mapping) or "DETECTORS" not in rec:
-                return None
-            names.update(rec["DETECTORS"])
-        return len(names) or None
-    return None
+def failures_from_exposure_stats(
+    exp_stats: Mapping[Any, Mapping[str, Any]],
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Failure strings per exposure, and the detectors, from exposure-level
+    dictionaries.
+
+    Parameters
+    ----------
+    exp_stats
+        Exposure id → exposure-level dictionary (``verify<Type>ExpStats``,
+        written by cp_verify or by this package).
+
+    Returns
+    -------
+    failures : `dict` [`str`, `list` [`str`]]
+        Exposure id (as `str`) → ``"<detector> <amp> <TEST>"``,
+        ``"<detector> <TEST>"`` and ``"<TEST>"`` strings
+        (`lsst.cpcombined.algorithms.verify.exposure_failures`).
+    detectors : `list` [`str`]
+        Sorted distinct detector names.
+    """
+    failures: dict[str, list[str]] = {}
+    detectors: set[str] = set()
+    for exp, stats in exp_stats.items():
+        if str(exp) in failures:
+            raise ValueError(f"exposure {exp} given twice")
+        failures[str(exp)] = exposure_failures(stats)
+        detectors.update(exposure_detectors(stats))
+    return failures, sorted(detectors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +211,8 @@ class MajorityDecision:
         Verdict of every exposure.
     report : `str`
         Human-readable multi-line report.
+    detectors : `tuple` [`str`, ...]
+        Names of the detectors verified, when known (empty otherwise).
     """
 
     calib_type: str | None
@@ -202,6 +225,7 @@ class MajorityDecision:
     exposure_failure_limit: int
     exposures: dict[str, ExposureVerdict]
     report: str
+    detectors: tuple[str, ...] = ()
 
     @property
     def failed_exposures(self) -> dict[str, dict[str, int]]:
@@ -220,6 +244,7 @@ class MajorityDecision:
             "CERTIFY": self.certify,
             "N_EXPOSURES": self.n_exposures,
             "N_DETECTORS": self.n_detectors,
+            "DETECTORS": list(self.detectors),
             "THRESHOLD": self.threshold,
             "TEST_FAILURE_LIMIT": self.test_failure_limit,
             "N_FAILED_EXPOSURES": self.n_failed_exposures,
@@ -231,38 +256,36 @@ class MajorityDecision:
 
 
 def majority_decision(
-    results: Any,
+    results: Mapping[Any, Any],
     *,
     n_detectors: int | None = None,
     threshold: int | Mapping[str, int] = DEFAULT_THRESHOLD,
     calib_type: str | None = None,
+    detectors: Iterable[str] = (),
 ) -> MajorityDecision:
     """Apply the majority rule (see the module docstring).
 
     Parameters
     ----------
     results
-        Per-exposure failures, in any form accepted by `exposure_failures`.
-        N is the number of exposures in it; an exposure with no failures is
-        a passing exposure and must be present.
-    n_detectors : `int`, optional
-        D, the number of detectors verified; read from the run statistics
-        (``N_DETECTORS``) or the exposure statistics (``DETECTORS``) when
-        not given.
+        Per-exposure failures, in any form accepted by
+        `failures_by_exposure`.  N is the number of exposures in it; an
+        exposure with no failures is a passing exposure and must be present.
+    n_detectors : `int`
+        D, the number of detectors verified (required).
     threshold : `int` or `dict` [`str`, `int`]
         T, or a mapping calibration type → T (then ``calib_type`` selects
         it; types missing from it use `DEFAULT_THRESHOLD`).
     calib_type : `str`, optional
-        Calibration type; read from ``CALIB_TYPE`` of the run statistics when
-        not given.
+        Calibration type (selects a per-type threshold; named in the report).
+    detectors : iterable of `str`, optional
+        Names of the detectors verified (recorded in the decision).
 
     Returns
     -------
     decision : `MajorityDecision`
         The decision, its numbers and its report.
     """
-    if calib_type is None and isinstance(results, Mapping) and "CALIB_TYPE" in results:
-        calib_type = str(results["CALIB_TYPE"])
     if isinstance(threshold, Mapping):
         if calib_type is None:
             raise ValueError("a threshold per calibration type needs calib_type")
@@ -270,11 +293,9 @@ def majority_decision(
     else:
         t = int(threshold)
     if n_detectors is None:
-        n_detectors = _detector_count(results)
-        if n_detectors is None:
-            raise ValueError("n_detectors not given and not found in the results")
+        raise ValueError("n_detectors (D, the number of detectors verified) is required")
 
-    per_exposure = exposure_failures(results)
+    per_exposure = failures_by_exposure(results)
     n = len(per_exposure)
     test_limit = failure_limit_per_test(n_detectors, t)
     exp_limit = exposure_failure_limit(n)
@@ -299,6 +320,42 @@ def majority_decision(
         exposure_failure_limit=exp_limit,
         exposures=verdicts,
         report=report,
+        detectors=tuple(str(d) for d in detectors),
+    )
+
+
+def decide_from_exposure_stats(
+    exp_stats: Mapping[Any, Mapping[str, Any]],
+    *,
+    threshold: int | Mapping[str, int] = DEFAULT_THRESHOLD,
+    calib_type: str | None = None,
+    n_detectors: int | None = None,
+) -> MajorityDecision:
+    """Apply the majority rule to exposure-level verification dictionaries.
+
+    Parameters
+    ----------
+    exp_stats
+        Exposure id → ``verify<Type>ExpStats`` dictionary (cp_verify's or
+        ours), one per exposure verified: N is their number.
+    threshold, calib_type
+        As for `majority_decision`.
+    n_detectors : `int`, optional
+        D; by default the number of distinct detector names in
+        ``exp_stats``.
+
+    Returns
+    -------
+    decision : `MajorityDecision`
+        The decision (with the detector names), its numbers and its report.
+    """
+    failures, detectors = failures_from_exposure_stats(exp_stats)
+    if n_detectors is None:
+        if exp_stats and not detectors:
+            raise ValueError("the exposure verification results name no detector: cannot count D")
+        n_detectors = max(len(detectors), 1)
+    return majority_decision(
+        failures, n_detectors=n_detectors, threshold=threshold, calib_type=calib_type, detectors=detectors
     )
 
 

@@ -1,12 +1,17 @@
-"""Verification statistics and DMTN-101-style tests of calibrations.
+"""Verification statistics and DMTN-101-style tests of calibrations, with
+results in cp_verify's dictionary shapes.
 
 The functions here work on one ISR-processed *verification* frame at a time
 (a raw re-processed with the calibration under test: a bias, dark or flat
 exposure in electrons) and merge the per-amplifier results into detector,
-exposure and run summaries.  Everything returned is a plain ``dict`` of
-``str``/``int``/``float``/``bool``/``list``/``dict`` values, so it can be
-written as JSON or YAML as it is (``NaN`` marks a statistic that could not be
-computed; Python's `json` and PyYAML both round-trip it).
+exposure and run dictionaries laid out exactly as cp_verify lays out
+``verify<Type>DetStats``, ``verify<Type>ExpStats`` and ``verify<Type>Stats``,
+so that cp_verify's merge tasks, the ScriptQueue script and our own decision
+read either package's outputs alike.  Everything returned is a plain ``dict``
+of ``str``/``int``/``float``/``bool``/``list``/``dict`` values, so it can be
+written as YAML as it is (``NaN`` marks a statistic that could not be
+computed; PyYAML round-trips it; run dictionaries have integer keys, which
+YAML keeps and JSON would not).
 
 Statistics (per amplifier, `amp_statistics`)
 --------------------------------------------
@@ -19,13 +24,17 @@ Pixels whose mask has any of `StatsConfig.mask_planes` set (default
     Sigma-clipped mean (`clipped_stats`: 5σ, 3 iterations by default).
 ``NOISE``
     Sigma-clipped standard deviation (same clipping).
-``READ_NOISE``
+``READ_NOISE``, ``READ_NOISE_ADU``
     Read noise in electrons, either given by the caller or measured on the
-    serial overscan with `read_noise_from_overscan`.
+    serial overscan with `read_noise_from_overscan`, and the overscan noise
+    in ADU (cp_verify's ``READ_NOISE_ADU``).
 ``CR_NOISE``, ``CR_OVERFLOW``
     Clipped standard deviation after cosmic-ray repair and whether that
     repair overflowed; both are computed elsewhere (cosmic-ray module) and
     only carried here.
+``AMP_CORNER``
+    Plain mean of the unmasked pixels of a box (200 × 200 by default) at the
+    amplifier's readout corner (`readout_corner_region`).
 ``GAIN``
     Gain (e-/ADU) of the amplifier, needed by the flat ``NOISE`` test.
 ``N_PIXELS``, ``N_CLIPPED``
@@ -44,10 +53,10 @@ flat — amplifier level (see `flat_metrics`):
 
 ``NOISE``           ``NOISE_ADU <= sqrt(MEAN_ADU)`` with ``NOISE_ADU =
                     NOISE / GAIN`` and ``MEAN_ADU = MEANCLIP / GAIN`` — in
-                    ADU, as cp_verify does (in electrons the test could
-                    never pass: read noise adds to the shot noise, and it
-                    passes in ADU only because the gain exceeds 1 by more
-                    than ``READ_NOISE**2 / MEANCLIP``).
+                    ADU (in electrons the test could never pass: read noise
+                    adds to the shot noise, and it passes in ADU only because
+                    the gain exceeds 1 by more than ``READ_NOISE**2 /
+                    MEANCLIP``).
 ``POISSON_NOISE``   only when `VerifyThresholds.flat_poisson` is on:
                     ``POISSON_RATIO = NOISE / sqrt(MEANCLIP + READ_NOISE**2)
                     <= 1 + flat_poisson_tolerance``.  The ratio is always
@@ -57,35 +66,93 @@ flat — detector level: ``SCATTER`` ``std(amp MEANCLIP) / mean(amp MEANCLIP)
 <= detector_scatter`` (0.05).  flat — exposure level: ``SCATTER``
 ``std(detector MEAN) / mean(detector MEAN) <= exposure_scatter`` (0.05),
 where a detector's ``MEAN`` is the mean of its amplifiers' ``MEANCLIP``.
-cp_verify compares the *unnormalised* standard deviation of the detector
-means with 0.05; we normalise, as at the detector level.  Standard
-deviations of means are population ones (``ddof=0``).
+Standard deviations of means are population ones (``ddof=0``).
 
 Any comparison involving ``NaN`` fails (a missing read noise, ``CR_NOISE``
 or gain is a failure, never a silent pass) except that a flat without a gain
 raises `ValueError`, since its ``NOISE`` test is then meaningless.
 
-Merge and failure strings
--------------------------
-An amplifier passes when all its tests pass; a detector when all its
-amplifiers and its detector-level tests pass; an exposure when all its
-detectors and its exposure-level tests pass; a run when all its exposures
-pass.  Each level's dictionary has ``SUCCESS`` (bool) and ``FAILURES`` (list
-of str).  The failure strings are space-separated tokens whose *last* token
-is always the test name:
+Where the numbers differ from cp_verify's (same names, same places)
+---------------------------------------------------------------------
+- bias/dark ``MEAN`` compares the *clipped* mean with the noise (cp_verify:
+  the plain mean, which one cosmic ray can move); ``AMP.MEAN`` holds the
+  plain mean as cp_verify's does.
+- bias/dark ``NOISE`` uses the read noise measured on each amplifier's
+  overscan by our ISR, in electrons (cp_verify: the PTC read noise from the
+  ISR header); ``PROCESSING`` is always present (cp_verify writes it only
+  when it fails).  cp_verify's ``READ_NOISE_CONSISTENT`` check (outside
+  ``SUCCESS``) is not made.
+- flat ``NOISE`` is compared in ADU (cp_verify compares electrons).
+- flat ``DET.MEAN`` and ``DET.SCATTER`` are the mean and the absolute
+  (``ddof=0``) standard deviation of the amplifiers' *clipped* means; the
+  detector test is ``SCATTER / MEAN`` as in cp_verify.
+- flat exposure ``EXP.SCATTER`` is *normalised*, ``std/mean`` of the
+  detector means (cp_verify stores and tests the absolute standard deviation
+  against 0.05, which only makes sense for means near 1).
 
-================  ==========================================================
-level             failure string
-================  ==========================================================
-amplifier test    ``"<detector> <amp> <TEST>"``, e.g. ``"R22_S11 C10 NOISE"``
-detector test     ``"<detector> <TEST>"``, e.g. ``"R22_S11 SCATTER"``
-exposure test     ``"<TEST>"``, e.g. ``"SCATTER"``
-run level         ``"<exposure> "`` + the exposure-level string, e.g.
-                  ``"2026112500012 R22_S11 C10 NOISE"``
-================  ==========================================================
+Dictionaries
+------------
+Detector level (`verify_detector`), cp_verify's keys in cp_verify's order::
 
-Detector, amplifier and exposure names must therefore contain no white
-space (`ValueError` otherwise).  Within a run every failure string is unique.
+    {"AMP": {amp: {"MEAN", "NOISE", "CR_NOISE"[, "AMP_CORNER"]}},  # flat: MEAN, NOISE
+     "METADATA": {"READ_NOISE_ADU": {amp: float}},                 # flat: {}
+     "CATALOG": {},
+     "DET": {},                                                    # flat: {"MEAN", "SCATTER"}
+     "VERIFY": {"AMP": {amp: {test: bool, ..., "SUCCESS": bool}}[, "DET": {"SCATTER", "SUCCESS"}]},
+     "SUCCESS": bool,
+     ...}
+
+followed by our own dict-valued keys (cp_verify's merges never read them):
+``CPC_IDENTITY`` (calibration type, exposure, detector name, ...),
+``CPC_AMP`` (the other per-amplifier statistics: ``MEANCLIP``,
+``READ_NOISE``, ``GAIN``, ``N_PIXELS``, ... and for a flat `flat_metrics`)
+and ``CPC_DET`` (``MEAN``, ``NOISE`` and the normalised ``REL_SCATTER`` of
+the amplifier means); the verification task adds ``CPC_CALIBRATIONS``,
+``CPC_THRESHOLDS`` and ``CPC_PROCESSING``.
+
+Exposure level (`verify_exposure`), keyed by detector *name*, and nothing
+else at the top level::
+
+    {"R22_S11": {"SUCCESS": False, "FAILURES": ["C10 NOISE", "SCATTER"]},
+     "R22_S12": {"SUCCESS": True},
+     ["EXP": {"SCATTER": float}, "VERIFY": {"EXP": {"SCATTER": bool}},]   # flat only
+     "SUCCESS": bool}
+
+Run level (`verify_run`), keyed by the *integer* exposure id, and nothing
+else at the top level::
+
+    {2026112500012: {"SUCCESS": False, "FAILURES": ["R22_S11 C10 NOISE", "SCATTER"]},
+     2026112500013: {"SUCCESS": True},
+     "SUCCESS": bool}
+
+Failure strings are space-separated tokens whose *last* token is always the
+test name (what the ScriptQueue script and the majority rule count):
+
+================================  =====================================
+where                             string
+================================  =====================================
+exposure level, amplifier test    ``"<amp> <TEST>"``, e.g. ``"C10 NOISE"``
+exposure level, detector test     ``"<TEST>"``, e.g. ``"SCATTER"``
+run level, amplifier test         ``"<detector> <amp> <TEST>"``
+run level, detector test          ``"<detector> <TEST>"``
+run level, exposure test          ``"<TEST>"``
+================================  =====================================
+
+A test is listed only when its value is the boolean `False`, and only for a
+level whose ``SUCCESS`` is not `True`, as cp_verify's merge does.  Our run
+level lists the detector and amplifier failures of flats too (cp_verify's
+lists only the exposure-level ``SCATTER`` of flats, because its flat
+exposure dictionaries carry a ``VERIFY`` key).  Detector, amplifier and
+exposure names must contain no white space (`ValueError` otherwise).
+
+Results tables (`results_rows`) have cp_verify's columns — ``instrument``,
+``exposure``, ``detector`` (id), [``physical_filter``], ``mjd``,
+``amplifier``, ``<STAGE>_<stat>``, ``<STAGE>_VERIFY_<test>``,
+``<STAGE>_VERIFY_SUCCESS``, ``<STAGE>_READ_NOISE_ADU``, flat
+``FLAT_DET_MEAN``/``FLAT_DET_SCATTER``/``FLAT_DET_VERIFY_SCATTER`` — plus
+``<STAGE>_<stat>`` for our other statistics; one row per amplifier (the flat
+detector values are repeated on each amplifier's row instead of cp_verify's
+extra detector row).
 """
 
 from __future__ import annotations
@@ -93,17 +160,24 @@ from __future__ import annotations
 __all__ = (
     "AMP_TESTS",
     "CALIB_TYPES",
+    "CP_VERIFY_AMP_STATS",
     "DETECTOR_TESTS",
+    "EXPOSURE_SUMMARY_KEYS",
     "EXPOSURE_TESTS",
+    "STAGE_NAMES",
     "ClippedStats",
     "StatsConfig",
     "VerifyThresholds",
     "amp_statistics",
     "amp_tests",
     "clipped_stats",
+    "detector_failures",
     "detector_statistics",
+    "exposure_detectors",
+    "exposure_failures",
     "flat_metrics",
     "read_noise_from_overscan",
+    "readout_corner_region",
     "results_rows",
     "results_table",
     "scatter",
@@ -127,6 +201,20 @@ from .combine import as_rows, regular_subsample, window_moments
 
 #: Calibration types that can be verified.
 CALIB_TYPES: tuple[str, ...] = ("bias", "dark", "flat")
+
+#: cp_verify's stage name of each type: prefix of the results table columns.
+STAGE_NAMES: dict[str, str] = {"bias": "BIAS", "dark": "DARK", "flat": "FLAT"}
+
+#: The statistics in cp_verify's detector-level ``AMP`` dictionary, in its
+#: order; our other statistics go to ``CPC_AMP``.
+CP_VERIFY_AMP_STATS: dict[str, tuple[str, ...]] = {
+    "bias": ("MEAN", "NOISE", "CR_NOISE", "AMP_CORNER"),
+    "dark": ("MEAN", "NOISE", "CR_NOISE"),
+    "flat": ("MEAN", "NOISE"),
+}
+
+#: Top-level keys of an exposure dictionary that are not detector names.
+EXPOSURE_SUMMARY_KEYS: frozenset[str] = frozenset({"EXP", "VERIFY", "SUCCESS"})
 
 #: Amplifier-level tests per calibration type (``POISSON_NOISE`` is added to
 #: the flat tests when `VerifyThresholds.flat_poisson` is on).
@@ -233,9 +321,13 @@ def _check_name(kind: str, name: Any) -> str:
 
 
 def _py(value: Any) -> Any:
-    """Convert numpy scalars (recursively inside containers) to Python types."""
+    """Convert numpy scalars (recursively inside containers) to Python types;
+    integer keys stay integers, other keys become strings."""
     if isinstance(value, dict):
-        return {str(k): _py(v) for k, v in value.items()}
+        return {
+            (int(k) if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else str(k)): _py(v)
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [_py(v) for v in value]
     if isinstance(value, (bool, np.bool_)):
@@ -401,6 +493,8 @@ def amp_statistics(
     overscan_units: Literal["adu", "electron"] = "adu",
     cr_noise: float | None = None,
     cr_overflow: bool = False,
+    read_noise_adu: float | None = None,
+    corner_region: tuple[slice, slice] | None = None,
     config: StatsConfig | None = None,
 ) -> dict[str, Any]:
     """Statistics of one amplifier of an ISR-processed frame.
@@ -429,14 +523,22 @@ def amp_statistics(
         not given, which fails the ``CR_NOISE`` test).
     cr_overflow : `bool`
         Whether the cosmic-ray repair overflowed (fails ``PROCESSING``).
+    read_noise_adu : `float`, optional
+        Overscan noise in ADU as measured by the ISR (cp_verify's
+        ``READ_NOISE_ADU``).  When not given: measured on ``overscan`` if
+        given, else ``read_noise / gain`` (``NaN`` without a gain).
+    corner_region : `tuple` [`slice`, `slice`], optional
+        Box at the readout corner (`readout_corner_region`) whose plain
+        mean of unmasked pixels is ``AMP_CORNER`` (``NaN`` when not given).
     config : `StatsConfig`, optional
         Clipping and mask planes.
 
     Returns
     -------
     stats : `dict`
-        ``MEAN, MEANCLIP, NOISE, READ_NOISE, CR_NOISE, CR_OVERFLOW, GAIN,
-        N_PIXELS, N_CLIPPED`` (see the module docstring).
+        ``MEAN, MEANCLIP, NOISE, READ_NOISE, READ_NOISE_ADU, CR_NOISE,
+        CR_OVERFLOW, AMP_CORNER, GAIN, N_PIXELS, N_CLIPPED`` (see the module
+        docstring).
     """
     config = config or StatsConfig()
     image = np.asarray(image)
@@ -449,13 +551,20 @@ def amp_statistics(
     if read_noise is not None and overscan is not None:
         raise ValueError("give either read_noise or overscan, not both")
 
-    pixels = np.asarray(image[region], dtype=np.float64)
-    good = np.isfinite(pixels)
-    if mask is not None:
-        good &= (np.asarray(mask)[region] & np.uint8(config.bad_bits)) == 0
-    values = pixels[good]
+    def unmasked(sl: tuple[slice, slice]) -> np.ndarray:
+        pixels = np.asarray(image[sl], dtype=np.float64)
+        good = np.isfinite(pixels)
+        if mask is not None:
+            good &= (np.asarray(mask)[sl] & np.uint8(config.bad_bits)) == 0
+        return pixels[good]
+
+    values = unmasked(region)
     clipped = clipped_stats(values, n_sigma=config.n_sigma, n_iter=config.n_iter)
     mean = float(values.mean()) if values.size else math.nan
+    corner = math.nan
+    if corner_region is not None:
+        corner_values = unmasked(corner_region)
+        corner = float(corner_values.mean()) if corner_values.size else math.nan
 
     gain_value = math.nan if gain is None else float(gain)
     if overscan is not None:
@@ -471,18 +580,57 @@ def amp_statistics(
             raise ValueError(f"overscan_units must be 'adu' or 'electron', not {overscan_units!r}")
     else:
         rn = math.nan if read_noise is None else float(read_noise)
+    if read_noise_adu is not None:
+        rn_adu = float(read_noise_adu)
+    else:
+        rn_adu = rn / gain_value if gain_value > 0 else math.nan
 
     return {
         "MEAN": mean,
         "MEANCLIP": clipped.mean,
         "NOISE": clipped.std,
         "READ_NOISE": rn,
+        "READ_NOISE_ADU": rn_adu,
         "CR_NOISE": math.nan if cr_noise is None else float(cr_noise),
         "CR_OVERFLOW": bool(cr_overflow),
+        "AMP_CORNER": corner,
         "GAIN": gain_value,
         "N_PIXELS": int(clipped.n_total),
         "N_CLIPPED": int(clipped.n_total - clipped.n_used),
     }
+
+
+def readout_corner_region(
+    region: tuple[slice, slice], *, flip_x: bool, flip_y: bool, size: int = 200
+) -> tuple[slice, slice]:
+    """Box of ``size`` × ``size`` pixels (clipped to the amplifier) at an
+    amplifier's readout corner, where cp_verify measures ``AMP_CORNER``.
+
+    Parameters
+    ----------
+    region : `tuple` [`slice`, `slice`]
+        The amplifier's ``(y slice, x slice)`` in the assembled image.
+    flip_x, flip_y : `bool`
+        Whether the raw amplifier is flipped in x / y during assembly (the
+        readout corner, lower-left in the raw amplifier, is then on the
+        high-x / high-y side).
+    size : `int`
+        Side of the box.
+
+    Returns
+    -------
+    corner : `tuple` [`slice`, `slice`]
+        ``(y slice, x slice)`` of the box.
+    """
+    if size < 1:
+        raise ValueError(f"corner box size must be >= 1, not {size}")
+
+    def side(sl: slice, high: bool) -> slice:
+        n = min(size, sl.stop - sl.start)
+        return slice(sl.stop - n, sl.stop) if high else slice(sl.start, sl.start + n)
+
+    ys, xs = region
+    return side(ys, flip_y), side(xs, flip_x)
 
 
 def _per_amp(value: Any, amp: str, what: str) -> Any:
@@ -507,11 +655,14 @@ def detector_statistics(
     overscan_units: Literal["adu", "electron"] = "adu",
     cr_noise: Mapping[str, float] | None = None,
     cr_overflow: Mapping[str, bool] | bool = False,
+    read_noise_adu: Mapping[str, float] | None = None,
+    corner_regions: Mapping[str, tuple[slice, slice]] | None = None,
     config: StatsConfig | None = None,
 ) -> dict[str, dict[str, Any]]:
     """`amp_statistics` for every amplifier of a detector.
 
-    Per-amplifier inputs are mappings by amplifier name; ``gains``,
+    Per-amplifier inputs (``read_noise_adu`` and ``corner_regions`` too)
+    are mappings by amplifier name; ``gains``,
     ``read_noise`` and ``cr_overflow`` may also be one value for all
     amplifiers (a cosmic-ray repair that overflows on the whole detector
     fails ``PROCESSING`` on every amplifier).  An amplifier missing from a
@@ -539,6 +690,8 @@ def detector_statistics(
             overscan_units=overscan_units,
             cr_noise=_per_amp(cr_noise, amp, "cr_noise"),
             cr_overflow=bool(_per_amp(cr_overflow, amp, "cr_overflow") or False),
+            read_noise_adu=_per_amp(read_noise_adu, amp, "read_noise_adu"),
+            corner_region=None if corner_regions is None else corner_regions.get(amp),
             config=config,
         )
     return out
@@ -640,7 +793,7 @@ def scatter(values: Iterable[float]) -> float:
 
 
 # ---------------------------------------------------------------------------
-# Merge across levels
+# Merge across levels (cp_verify's shapes)
 # ---------------------------------------------------------------------------
 
 
@@ -671,13 +824,14 @@ def verify_detector(
     Returns
     -------
     det_stats : `dict`
-        ``CALIB_TYPE``, ``EXPOSURE``, ``DETECTOR``;
-        ``AMP``: amp name → statistics (plus `flat_metrics` for a flat),
-        ``TESTS`` (name → bool) and ``SUCCESS``;
-        ``STATS``: detector statistics ``MEAN`` (mean of the amp
-        ``MEANCLIP``), ``NOISE`` (mean of the amp ``NOISE``), ``SCATTER``;
-        ``TESTS``: detector-level tests; ``SUCCESS``; ``FAILURES``
-        (``"<detector> <amp> <TEST>"``, ``"<detector> <TEST>"``).
+        cp_verify's detector dictionary (``AMP``, ``METADATA``,
+        ``CATALOG``, ``DET``, ``VERIFY``, ``SUCCESS``; see the module
+        docstring) followed by ``CPC_IDENTITY`` (``CALIB_TYPE``,
+        ``EXPOSURE``, ``DETECTOR``), ``CPC_AMP`` (amp name → the
+        statistics not in ``AMP``/``METADATA``, plus `flat_metrics` for a
+        flat) and ``CPC_DET`` (``MEAN`` and ``NOISE``: means of the amp
+        ``MEANCLIP`` and ``NOISE``; ``REL_SCATTER``: `scatter` of the amp
+        ``MEANCLIP``).
     """
     thresholds = thresholds or VerifyThresholds()
     _check_type(calib_type)
@@ -686,50 +840,120 @@ def verify_detector(
     if not amp_stats:
         raise ValueError(f"detector {detector}: no amplifier statistics")
 
-    amps: dict[str, Any] = {}
-    failures: list[str] = []
+    cp_keys = CP_VERIFY_AMP_STATS[calib_type]
+    with_metadata = calib_type in ("bias", "dark")
+    amp_out: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    read_noise_adu: dict[str, float] = {}
+    verify_amp: dict[str, Any] = {}
     for amp, stats in amp_stats.items():
         amp = _check_name("amplifier", amp)
-        record = {k: v for k, v in stats.items() if k not in ("TESTS", "SUCCESS")}
+        amp_out[amp] = {k: stats.get(k, math.nan) for k in cp_keys}
+        record = {k: v for k, v in stats.items() if k not in cp_keys}
+        if with_metadata:
+            read_noise_adu[amp] = float(record.pop("READ_NOISE_ADU", math.nan))
         if calib_type == "flat":
             record.update(flat_metrics(stats))
-        tests = amp_tests(calib_type, stats, thresholds)
-        record["TESTS"] = tests
-        record["SUCCESS"] = all(tests.values())
-        amps[amp] = record
-        failures.extend(f"{detector} {amp} {name}" for name, ok in tests.items() if not ok)
+        extra[amp] = record
+        tests: dict[str, Any] = dict(amp_tests(calib_type, stats, thresholds))
+        tests["SUCCESS"] = all(tests.values())
+        verify_amp[amp] = tests
 
     means = [float(s["MEANCLIP"]) for s in amp_stats.values()]
     noises = [float(s["NOISE"]) for s in amp_stats.values()]
-    det_scatter = scatter(means)
-    det_tests: dict[str, bool] = {}
-    if "SCATTER" in DETECTOR_TESTS[calib_type]:
-        det_tests["SCATTER"] = _le(det_scatter, thresholds.detector_scatter)
-    failures.extend(f"{detector} {name}" for name, ok in det_tests.items() if not ok)
+    rel_scatter = scatter(means)
+    det_out: dict[str, Any] = {}
+    verify: dict[str, Any] = {"AMP": verify_amp}
+    success = all(t["SUCCESS"] for t in verify_amp.values())
+    if DETECTOR_TESTS[calib_type]:
+        det_out = {"MEAN": float(np.mean(means)), "SCATTER": float(np.std(means))}
+        det_tests: dict[str, Any] = {}
+        if "SCATTER" in DETECTOR_TESTS[calib_type]:
+            det_tests["SCATTER"] = _le(rel_scatter, thresholds.detector_scatter)
+        det_tests["SUCCESS"] = all(det_tests.values())
+        verify["DET"] = det_tests
+        success = success and det_tests["SUCCESS"]
 
     return _py(
         {
-            "CALIB_TYPE": calib_type,
-            "EXPOSURE": exposure,
-            "DETECTOR": detector,
-            "AMP": amps,
-            "STATS": {
+            "AMP": amp_out,
+            "METADATA": {"READ_NOISE_ADU": read_noise_adu} if with_metadata else {},
+            "CATALOG": {},
+            "DET": det_out,
+            "VERIFY": verify,
+            "SUCCESS": success,
+            "CPC_IDENTITY": {"CALIB_TYPE": calib_type, "EXPOSURE": exposure, "DETECTOR": detector},
+            "CPC_AMP": extra,
+            "CPC_DET": {
                 "MEAN": float(np.mean(means)),
                 "NOISE": float(np.mean(noises)),
-                "SCATTER": det_scatter,
+                "REL_SCATTER": rel_scatter,
             },
-            "TESTS": det_tests,
-            "SUCCESS": not failures,
-            "FAILURES": failures,
         }
     )
 
 
+def _failed_tests(tests: Mapping[str, Any]) -> list[str]:
+    """Names of the tests whose value is the boolean False."""
+    return [name for name, ok in tests.items() if name != "SUCCESS" and ok is False]
+
+
+def detector_failures(det_stats: Mapping[str, Any], detector: str | None = None) -> list[str]:
+    """Failure strings of one detector dictionary, as cp_verify's exposure
+    merge lists them.
+
+    Parameters
+    ----------
+    det_stats : `dict`
+        A detector dictionary (ours or cp_verify's).
+    detector : `str`, optional
+        Detector name to prefix each string with (run-level strings).
+
+    Returns
+    -------
+    failures : `list` [`str`]
+        Empty when ``SUCCESS`` is `True`; otherwise, from ``VERIFY``, the
+        failed exposure-, detector- and catalog-level tests as ``"<TEST>"``
+        and the failed amplifier tests as ``"<amp> <TEST>"`` (in cp_verify's
+        order: ``EXP``, ``DET``, ``AMP``, ``CATALOG``; a level's tests are
+        listed only when its ``SUCCESS`` is not `True`, and only tests whose
+        value is the boolean `False`).
+    """
+    if det_stats["SUCCESS"] is True:
+        return []
+    verify = det_stats.get("VERIFY") or {}
+    out: list[str] = []
+    for level in ("EXP", "DET"):
+        tests = verify.get(level) or {}
+        if tests and not tests.get("SUCCESS", False):
+            out.extend(_failed_tests(tests))
+    for amp, tests in (verify.get("AMP") or {}).items():
+        if not tests["SUCCESS"]:
+            out.extend(f"{amp} {name}" for name in _failed_tests(tests))
+    out.extend(_failed_tests(verify.get("CATALOG") or {}))
+    if detector is not None:
+        out = [f"{detector} {f}" for f in out]
+    return out
+
+
+def _detector_results_by_name(
+    detector_results: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]],
+) -> dict[str, Mapping[str, Any]]:
+    if isinstance(detector_results, Mapping):
+        return {_check_name("detector", name): r for name, r in detector_results.items()}
+    out: dict[str, Mapping[str, Any]] = {}
+    for r in detector_results:
+        name = _check_name("detector", r["CPC_IDENTITY"]["DETECTOR"])
+        if name in out:
+            raise ValueError(f"detector {name} given twice")
+        out[name] = r
+    return out
+
+
 def verify_exposure(
     calib_type: str,
-    detector_results: Sequence[Mapping[str, Any]],
+    detector_results: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]],
     *,
-    exposure: int | str | None = None,
     thresholds: VerifyThresholds | None = None,
 ) -> dict[str, Any]:
     """Merge the detector results of one exposure and run the exposure tests.
@@ -738,157 +962,206 @@ def verify_exposure(
     ----------
     calib_type : {"bias", "dark", "flat"}
         Type of calibration being verified.
-    detector_results : `list` [`dict`]
-        `verify_detector` outputs, all of the same exposure and type.
-    exposure : `int` or `str`, optional
-        Exposure id (default: the one of the detector results).
+    detector_results : `dict` [`str`, `dict`] or `list` [`dict`]
+        Detector name → detector dictionary (cp_verify's or ours), or a list
+        of our `verify_detector` outputs (named by their ``CPC_IDENTITY``).
+        A flat's exposure test reads each detector's ``DET.MEAN``.
     thresholds : `VerifyThresholds`, optional
         Test thresholds.
 
     Returns
     -------
     exp_stats : `dict`
-        ``CALIB_TYPE``, ``EXPOSURE``; ``DETECTORS``: detector name →
-        ``{"MEAN", "NOISE", "SUCCESS", "N_FAILURES"}``; ``STATS``:
-        ``MEAN`` (mean of detector means), ``SCATTER``; ``TESTS``:
-        exposure-level tests; ``SUCCESS``; ``FAILURES`` (all detector
-        failure strings, then ``"<TEST>"`` for exposure tests).
+        cp_verify's exposure dictionary: detector name → ``{"SUCCESS":
+        True}`` or ``{"SUCCESS": False, "FAILURES": [...]}`` (see
+        `detector_failures`), for a flat ``EXP`` (``SCATTER``: normalised
+        scatter of the detector means) and ``VERIFY`` (``{"EXP":
+        {"SCATTER": bool}}``), and ``SUCCESS``.  No other key.
     """
     thresholds = thresholds or VerifyThresholds()
     _check_type(calib_type)
-    if not detector_results:
+    by_name = _detector_results_by_name(detector_results)
+    if not by_name:
         raise ValueError("no detector results")
-    exposures = {str(r["EXPOSURE"]) for r in detector_results}
-    if exposure is None:
-        if len(exposures) != 1:
-            raise ValueError(f"detector results of several exposures: {sorted(exposures)}")
-        exposure = detector_results[0]["EXPOSURE"]
-    elif exposures != {str(exposure)}:
-        raise ValueError(f"detector results of exposures {sorted(exposures)}, expected {exposure}")
-    _check_name("exposure", exposure)
-    types = {r["CALIB_TYPE"] for r in detector_results}
-    if types != {calib_type}:
+    exposures = {str(r["CPC_IDENTITY"]["EXPOSURE"]) for r in by_name.values() if "CPC_IDENTITY" in r}
+    if len(exposures) > 1:
+        raise ValueError(f"detector results of several exposures: {sorted(exposures)}")
+    types = {r["CPC_IDENTITY"]["CALIB_TYPE"] for r in by_name.values() if "CPC_IDENTITY" in r}
+    if types - {calib_type}:
         raise ValueError(f"detector results of types {sorted(types)}, expected {calib_type!r}")
 
-    detectors: dict[str, Any] = {}
-    failures: list[str] = []
-    for r in detector_results:
-        name = r["DETECTOR"]
-        if name in detectors:
-            raise ValueError(f"exposure {exposure}: detector {name} given twice")
-        detectors[name] = {
-            "MEAN": r["STATS"]["MEAN"],
-            "NOISE": r["STATS"]["NOISE"],
-            "SUCCESS": bool(r["SUCCESS"]),
-            "N_FAILURES": len(r["FAILURES"]),
-        }
-        failures.extend(r["FAILURES"])
-
-    det_means = [d["MEAN"] for d in detectors.values()]
-    exp_scatter = scatter(det_means)
-    exp_tests: dict[str, bool] = {}
-    if "SCATTER" in EXPOSURE_TESTS[calib_type]:
-        exp_tests["SCATTER"] = _le(exp_scatter, thresholds.exposure_scatter)
-    failures.extend(name for name, ok in exp_tests.items() if not ok)
-
-    return _py(
-        {
-            "CALIB_TYPE": calib_type,
-            "EXPOSURE": exposure,
-            "DETECTORS": detectors,
-            "STATS": {"MEAN": float(np.mean(det_means)), "SCATTER": exp_scatter},
-            "TESTS": exp_tests,
-            "SUCCESS": not failures,
-            "FAILURES": failures,
-        }
-    )
+    out: dict[Any, Any] = {}
+    success = True
+    for name, r in by_name.items():
+        if r["SUCCESS"] is True:
+            out[name] = {"SUCCESS": True}
+        else:
+            out[name] = {"SUCCESS": False, "FAILURES": detector_failures(r)}
+            success = False
+    if EXPOSURE_TESTS[calib_type]:
+        det_means = [float(r["DET"]["MEAN"]) for r in by_name.values()]
+        exp_tests: dict[str, bool] = {}
+        value = scatter(det_means)
+        if "SCATTER" in EXPOSURE_TESTS[calib_type]:
+            exp_tests["SCATTER"] = _le(value, thresholds.exposure_scatter)
+        out["EXP"] = {"SCATTER": value}
+        out["VERIFY"] = {"EXP": exp_tests}
+        success = success and all(exp_tests.values())
+    out["SUCCESS"] = success
+    return _py(out)
 
 
-def verify_run(instrument: str, exposure_results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def exposure_detectors(exp_stats: Mapping[str, Any]) -> list[str]:
+    """Detector names of an exposure dictionary (ours or cp_verify's): the
+    top-level keys other than ``EXP``, ``VERIFY`` and ``SUCCESS`` whose
+    value is a dictionary with ``SUCCESS``."""
+    return [
+        str(name)
+        for name, value in exp_stats.items()
+        if name not in EXPOSURE_SUMMARY_KEYS and isinstance(value, Mapping) and "SUCCESS" in value
+    ]
+
+
+def exposure_failures(exp_stats: Mapping[str, Any]) -> list[str]:
+    """Run-level failure strings of one exposure dictionary (ours or
+    cp_verify's).
+
+    Returns
+    -------
+    failures : `list` [`str`]
+        ``"<detector> <failure>"`` for each failure listed by a detector
+        whose ``SUCCESS`` is not `True` (``"R22_S11 C10 NOISE"``,
+        ``"R22_S11 SCATTER"``), then ``"<TEST>"`` for each exposure-level
+        test (``VERIFY.EXP``) whose value is `False`.  Empty when the
+        exposure's ``SUCCESS`` is `True`.
+    """
+    if exp_stats["SUCCESS"] is True:
+        return []
+    out: list[str] = []
+    for name in exposure_detectors(exp_stats):
+        entry = exp_stats[name]
+        if entry["SUCCESS"] is not True:
+            out.extend(f"{name} {failure}" for failure in entry.get("FAILURES") or [])
+    out.extend(_failed_tests((exp_stats.get("VERIFY") or {}).get("EXP") or {}))
+    return out
+
+
+def verify_run(exposure_results: Mapping[int, Mapping[str, Any]]) -> dict[Any, Any]:
     """Merge the exposure results of a run.
 
     Parameters
     ----------
-    instrument : `str`
-        Instrument name.
-    exposure_results : `list` [`dict`]
-        `verify_exposure` outputs, all of the same calibration type.
+    exposure_results : `dict` [`int`, `dict`]
+        Exposure id → exposure dictionary (`verify_exposure`, or
+        cp_verify's).
 
     Returns
     -------
     run_stats : `dict`
-        ``INSTRUMENT``, ``CALIB_TYPE``, ``N_EXPOSURES``, ``N_DETECTORS``
-        and ``DETECTORS`` (sorted union of the detectors verified);
-        ``EXPOSURES``: exposure id (as `str`) → ``{"SUCCESS", "FAILURES",
-        "N_DETECTORS"}`` with the exposure-level failure strings;
-        ``SUCCESS``; ``FAILURES``: ``"<exposure> <exposure-level
-        failure>"``, unique within the run.  The exposures are nested under
-        ``EXPOSURES`` so that no other key is ever mistaken for one.
+        cp_verify's run dictionary: integer exposure id (ascending) →
+        ``{"SUCCESS": True}`` or ``{"SUCCESS": False, "FAILURES":
+        [...]}`` (`exposure_failures`), then ``SUCCESS``.  No other key:
+        every key but ``SUCCESS`` is an exposure.
     """
     if not exposure_results:
         raise ValueError("no exposure results")
-    types = {r["CALIB_TYPE"] for r in exposure_results}
-    if len(types) != 1:
-        raise ValueError(f"exposure results of several calibration types: {sorted(types)}")
-    exposures: dict[str, Any] = {}
-    detectors: set[str] = set()
-    failures: list[str] = []
-    for r in exposure_results:
-        exp = _check_name("exposure", r["EXPOSURE"])
-        if exp in exposures:
+    out: dict[Any, Any] = {}
+    success = True
+    for exposure in sorted(exposure_results, key=int):
+        exp = int(exposure)
+        if exp in out:
             raise ValueError(f"exposure {exp} given twice")
-        exposures[exp] = {
-            "SUCCESS": bool(r["SUCCESS"]),
-            "FAILURES": list(r["FAILURES"]),
-            "N_DETECTORS": len(r["DETECTORS"]),
-        }
-        detectors.update(r["DETECTORS"])
-        failures.extend(f"{exp} {f}" for f in r["FAILURES"])
-    return _py(
-        {
-            "INSTRUMENT": instrument,
-            "CALIB_TYPE": types.pop(),
-            "N_EXPOSURES": len(exposures),
-            "N_DETECTORS": len(detectors),
-            "DETECTORS": sorted(detectors),
-            "EXPOSURES": exposures,
-            "SUCCESS": not failures,
-            "FAILURES": failures,
-        }
-    )
+        stats = exposure_results[exposure]
+        if stats["SUCCESS"] is True:
+            out[exp] = {"SUCCESS": True}
+        else:
+            out[exp] = {"SUCCESS": False, "FAILURES": exposure_failures(stats)}
+            success = False
+    out["SUCCESS"] = success
+    return _py(out)
 
 
 # ---------------------------------------------------------------------------
-# Per-amplifier results table
+# Results tables (one row per amplifier)
 # ---------------------------------------------------------------------------
 
 
-def results_rows(detector_results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per amplifier of the given `verify_detector` outputs.
+def results_rows(
+    calib_type: str,
+    det_stats: Mapping[str, Any],
+    *,
+    instrument: str,
+    exposure: int,
+    detector: int,
+    mjd: float = math.nan,
+    physical_filter: str | None = None,
+) -> list[dict[str, Any]]:
+    """One results row per amplifier of a detector dictionary.
 
-    Each row has ``EXPOSURE``, ``DETECTOR``, ``AMP``, every statistic of the
-    amplifier (``MEAN``, ``MEANCLIP``, ``NOISE``, ...), one ``TEST_<NAME>``
-    boolean per amplifier test, one ``DETECTOR_TEST_<NAME>`` boolean per
-    detector test (repeated on each of its amplifiers) and ``SUCCESS`` (the
-    amplifier's).
+    Parameters
+    ----------
+    calib_type : {"bias", "dark", "flat"}
+        Type of calibration verified (``<STAGE>`` prefix of the columns).
+    det_stats : `dict`
+        `verify_detector` output (cp_verify's keys are enough; ``CPC_AMP``
+        and ``CPC_DET`` add columns when present).
+    instrument, exposure, detector
+        Data ID values (``detector`` is the integer id).
+    mjd : `float`
+        MJD of the exposure.
+    physical_filter : `str`, optional
+        Physical filter (a column of flat tables only).
+
+    Returns
+    -------
+    rows : `list` [`dict`]
+        ``instrument``, ``exposure``, ``detector``, [``physical_filter``],
+        ``mjd``, ``amplifier``, ``<STAGE>_<stat>`` for the ``AMP``
+        statistics, ``<STAGE>_VERIFY_<test>`` (with ``SUCCESS``),
+        ``<STAGE>_READ_NOISE_ADU``; for a flat ``FLAT_DET_MEAN``,
+        ``FLAT_DET_SCATTER``, ``FLAT_DET_VERIFY_SCATTER``; then
+        ``<STAGE>_<stat>`` for each ``CPC_AMP`` statistic and
+        ``<STAGE>_DET_<stat>`` for each ``CPC_DET`` value not already set.
     """
+    stage = STAGE_NAMES[_check_type(calib_type)]
+    det = dict(det_stats.get("DET") or {})
+    det_verify = dict((det_stats.get("VERIFY") or {}).get("DET") or {})
+    read_noise_adu = (det_stats.get("METADATA") or {}).get("READ_NOISE_ADU") or {}
+    extra_amp = det_stats.get("CPC_AMP") or {}
+    extra_det = det_stats.get("CPC_DET") or {}
     rows: list[dict[str, Any]] = []
-    for r in detector_results:
-        for amp, rec in r["AMP"].items():
-            row: dict[str, Any] = {"EXPOSURE": r["EXPOSURE"], "DETECTOR": r["DETECTOR"], "AMP": amp}
-            row.update({k: v for k, v in rec.items() if k not in ("TESTS", "SUCCESS")})
-            row.update({f"TEST_{name}": ok for name, ok in rec["TESTS"].items()})
-            row.update({f"DETECTOR_TEST_{name}": ok for name, ok in r["TESTS"].items()})
-            row["SUCCESS"] = rec["SUCCESS"]
-            rows.append(row)
+    for amp, stats in det_stats["AMP"].items():
+        row: dict[str, Any] = {
+            "instrument": str(instrument),
+            "exposure": int(exposure),
+            "detector": int(detector),
+        }
+        if calib_type == "flat":
+            row["physical_filter"] = "" if physical_filter is None else str(physical_filter)
+        row["mjd"] = float(mjd)
+        row["amplifier"] = str(amp)
+        row.update({f"{stage}_{k}": v for k, v in stats.items()})
+        row.update({f"{stage}_VERIFY_{k}": v for k, v in det_stats["VERIFY"]["AMP"][amp].items()})
+        if calib_type in ("bias", "dark"):
+            row[f"{stage}_READ_NOISE_ADU"] = float(read_noise_adu.get(amp, math.nan))
+        for k, v in det.items():
+            row[f"{stage}_DET_{k}"] = v
+        for k, v in det_verify.items():
+            if k != "SUCCESS":
+                row[f"{stage}_DET_VERIFY_{k}"] = v
+        for k, v in (extra_amp.get(amp) or {}).items():
+            row.setdefault(f"{stage}_{k}", v)
+        for k, v in extra_det.items():
+            row.setdefault(f"{stage}_DET_{k}", v)
+        rows.append(_py(row))
     return rows
 
 
-def results_table(detector_results: Iterable[Mapping[str, Any]]) -> Table:
-    """`results_rows` as an `astropy.table.Table` (all rows must have the
-    same columns, i.e. come from one calibration type and one set of
-    thresholds)."""
-    rows = results_rows(detector_results)
+def results_table(rows: Iterable[Mapping[str, Any]]) -> Table:
+    """Rows of `results_rows` as an `astropy.table.Table` (all rows must
+    have the same columns, i.e. come from one calibration type and one set
+    of thresholds)."""
+    rows = list(rows)
     if not rows:
         return Table()
     names = list(rows[0])

@@ -3,7 +3,9 @@
 `certify_calibration` associates the ``bias``, ``dark`` or ``flat``
 datasets of a RUN collection (a generation run) with a CALIBRATION
 collection over a validity range ``[begin, end)`` — only when the
-verification decision (``verify<Type>Decision``, written by
+verification decision (``cpcVerifyBiasDecision`` and
+``cpcVerifyDarkDecision`` per instrument, ``cpcVerifyFlatDecision`` per
+instrument and physical filter, written by
 `lsst.cpcombined.tasks.verify_decision.CpVerifyDecisionTask`) says so.
 ``defects``, ``ptc`` and any other calibration dataset type are certified
 directly (they are not verified).
@@ -12,7 +14,10 @@ Rules
 -----
 - A "no" decision, a missing decision, or a decision about other datasets
   than the ones being certified raises `CertificationRefused`; nothing is
-  certified.
+  certified.  Flats of several physical filters need a "yes" for each
+  filter.  A decision that lists no calibration (made from cp_verify's
+  outputs, which do not record them) is accepted with a warning that the
+  datasets could not be checked.
 - A validity range that overlaps an existing one for the same dataset type
   and data ID, held by a different dataset or with a different range, raises
   `CertificationConflict` naming each clash; nothing is certified (all data
@@ -145,8 +150,10 @@ class CertifyResult:
         (left as they were).
     decision : `dict` or `None`
         The verification decision that allowed it (`None` for types
-        certified directly or when no decision was required; a mapping
-        instrument → decision when the datasets span several instruments).
+        certified directly or when no decision was required; when the
+        datasets need several decisions — several instruments, or flats of
+        several physical filters — a mapping ``"<instrument>"`` or
+        ``"<instrument> <physical_filter>"`` → decision).
     chain : `str` or `None`
         CHAINED collection the calibration collection was to be prepended to.
     chain_updated : `bool`
@@ -185,10 +192,10 @@ class CertifyResult:
 
 def decision_dataset_type(calib_type: str) -> str:
     """Name of the decision dataset type of a verified calibration type
-    (``"bias"`` → ``"verifyBiasDecision"``)."""
+    (``"bias"`` → ``"cpcVerifyBiasDecision"``)."""
     if calib_type not in VERIFIED_TYPES:
         raise ValueError(f"{calib_type!r} is not verified; expected one of {VERIFIED_TYPES}")
-    return f"verify{calib_type.capitalize()}Decision"
+    return f"cpcVerify{calib_type.capitalize()}Decision"
 
 
 TimeLike = str | astropy.time.Time | datetime.datetime | datetime.date
@@ -238,9 +245,14 @@ def resolve_run(butler: Butler, collection: str) -> str:
 
 
 def read_decision(
-    butler: Butler, calib_type: str, collection: str | Iterable[str], instrument: str
+    butler: Butler,
+    calib_type: str,
+    collection: str | Iterable[str],
+    instrument: str,
+    physical_filter: str | None = None,
 ) -> dict[str, Any]:
-    """Read the verification decision of ``calib_type`` for ``instrument``.
+    """Read the verification decision of ``calib_type`` for ``instrument``
+    (and, for a flat, ``physical_filter``).
 
     Raises
     ------
@@ -249,19 +261,30 @@ def read_decision(
     """
     name = decision_dataset_type(calib_type)
     collections = [collection] if isinstance(collection, str) else list(collection)
+    data_id: dict[str, Any] = {"instrument": instrument}
+    if calib_type == "flat":
+        if physical_filter is None:
+            raise ValueError("a flat decision is per physical filter: give physical_filter")
+        data_id["physical_filter"] = physical_filter
+    what = _fmt_group(instrument, physical_filter if calib_type == "flat" else None)
     try:
-        ref = butler.find_dataset(name, collections=collections, instrument=instrument)
+        ref = butler.find_dataset(name, collections=collections, **data_id)
     except (MissingCollectionError, MissingDatasetTypeError) as err:
         raise CertificationRefused(
-            f"no {name} for {instrument} in {collections}: {err}; run the {calib_type} verification first "
+            f"no {name} for {what} in {collections}: {err}; run the {calib_type} verification first "
             "(or certify without a decision explicitly)"
         ) from None
     if ref is None:
         raise CertificationRefused(
-            f"no {name} for {instrument} in {collections}: run the {calib_type} verification first "
+            f"no {name} for {what} in {collections}: run the {calib_type} verification first "
             "(or certify without a decision explicitly)"
         )
     return dict(butler.get(ref))
+
+
+def _fmt_group(instrument: str, physical_filter: str | None) -> str:
+    """``"LATISS"`` or ``"LATISS SDSSr_65mm~empty"``: what one decision is about."""
+    return instrument if physical_filter is None else f"{instrument} {physical_filter}"
 
 
 def _fmt_time(t: astropy.time.Time | None, unbounded: str) -> str:
@@ -279,7 +302,8 @@ def _fmt_data_id(data_id: Mapping[str, Any]) -> str:
 def _check_decision(
     decision: Mapping[str, Any], calib_type: str, refs: list[DatasetRef], instrument: str, match: bool
 ) -> None:
-    """Refuse unless the decision allows certifying ``refs``."""
+    """Refuse unless the decision allows certifying ``refs``
+    (``instrument`` names what the decision is about, in messages)."""
     dtype = decision_dataset_type(calib_type)
     found_type = decision.get("CALIB_TYPE")
     if found_type not in (None, calib_type):
@@ -298,7 +322,11 @@ def _check_decision(
     verified = (decision.get("CALIBRATIONS") or {}).get(calib_type)
     if verified is None:
         _LOG.warning(
-            "%s of %s does not list the calibration datasets it verified; not checked.", dtype, instrument
+            "%s of %s does not list the calibration datasets it verified (a decision made from cp_verify's "
+            "outputs, which do not record them); the %d dataset(s) certified are not checked against it.",
+            dtype,
+            instrument,
+            len(refs),
         )
         return
     ids = {str(r["id"]) for r in verified}
@@ -350,9 +378,10 @@ def certify_calibration(
         Validity range, ISO-8601 strings (TAI), `astropy.time.Time` or
         `datetime`; ``begin < end``.
     decision_collection : `str` or `list` [`str`], optional
-        Collection(s) holding ``verify<Type>Decision`` (the verification
-        output).  Required for bias/dark/flat unless ``require_decision``
-        is false; when given, the decision is always enforced.
+        Collection(s) holding ``cpcVerify<Type>Decision`` (the verification
+        output; for flats one per physical filter certified).  Required for
+        bias/dark/flat unless ``require_decision`` is false; when given, the
+        decision is always enforced.
     require_decision : `bool`
         Refuse a bias/dark/flat without a decision (default).  False
         certifies it directly when no ``decision_collection`` is given
@@ -424,14 +453,17 @@ def certify_calibration(
                 )
             _LOG.warning("Certifying %s from %s WITHOUT a verification decision.", dataset_type, run_name)
         else:
-            by_instrument: dict[str, list[DatasetRef]] = {}
+            # One decision per instrument (and per physical filter for flats).
+            groups: dict[tuple[str, str | None], list[DatasetRef]] = {}
             for ref in refs:
-                by_instrument.setdefault(str(ref.dataId["instrument"]), []).append(ref)
+                band = str(ref.dataId["physical_filter"]) if dataset_type == "flat" else None
+                groups.setdefault((str(ref.dataId["instrument"]), band), []).append(ref)
             decisions: dict[str, dict[str, Any]] = {}
-            for instrument, inst_refs in by_instrument.items():
-                decisions[instrument] = read_decision(butler, dataset_type, decision_collection, instrument)
-                _check_decision(decisions[instrument], dataset_type, inst_refs, instrument, match_decision)
-            # One instrument (the usual case): the decision itself; several: by instrument.
+            for (instrument, band), group_refs in groups.items():
+                key = _fmt_group(instrument, band)
+                decisions[key] = read_decision(butler, dataset_type, decision_collection, instrument, band)
+                _check_decision(decisions[key], dataset_type, group_refs, key, match_decision)
+            # One decision (the usual case): the decision itself; several: by group.
             decision = next(iter(decisions.values())) if len(decisions) == 1 else decisions
 
     # -- conflicts and repeats -----------------------------------------------------------

@@ -533,11 +533,14 @@ class MakeCalibrationsCore:
         )
         outcome.verification_collection = res.output_collection
         outcome.jobs[f"verify{label}"] = res.jobId
+        # cpcVerify<Type>Decision: per instrument, and per physical filter for flats.
+        decision_id = {"physical_filter": cfg.filter} if image_type == "flat" else {}
         decision = await self._registry(
             self._butler.get,
-            f"verify{label}Decision",
+            f"cpcVerify{label}Decision",
             instrument=self.instrument,
             collections=res.output_collection,
+            **decision_id,
         )
         certify = bool(decision.get("CERTIFY", decision.get("certify")))
         outcome.decision = "pass" if certify else "fail"

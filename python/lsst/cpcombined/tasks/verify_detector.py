@@ -9,8 +9,33 @@ such as ``LATISS/calib`` ("external verification").  Defects are applied
 when some are found (optional input).  The processed image is *not*
 written: the per-amplifier statistics and the DMTN-101 tests of
 `lsst.cpcombined.algorithms.verify` are computed here, and only they are
-written (``verify<Type>DetStats``, a plain dictionary, and
-``verify<Type>DetResults``, a table with one row per amplifier).
+written: ``verify<Type>DetStats``, cp_verify's detector dictionary, and
+``verify<Type>DetResults``, a table with cp_verify's columns and one row per
+amplifier.
+
+The dictionary has cp_verify's keys, names and nesting (``AMP``,
+``METADATA``, ``CATALOG``, ``DET``, ``VERIFY``, ``SUCCESS``; see
+`lsst.cpcombined.algorithms.verify`), so cp_verify's exposure merge and
+our own read it alike; our other information follows in dict-valued keys
+that cp_verify's merges never read: ``CPC_IDENTITY`` (calibration type,
+instrument, exposure, detector id and name, physical filter, observation
+id, image type, exposure and dark times, date, MJD), ``CPC_AMP`` and
+``CPC_DET`` (statistics beyond cp_verify's), ``CPC_CALIBRATIONS`` (dataset
+type, id, run and data ID of each calibration used: the decision and
+certification check that they concern the calibration being certified),
+``CPC_THRESHOLDS`` and ``CPC_PROCESSING`` (cosmic-ray repair, read-noise
+source).
+
+Differences from cp_verify's numbers under the same names (details in
+`lsst.cpcombined.algorithms.verify`): the bias/dark ``MEAN`` test uses the
+clipped mean; the bias/dark ``NOISE`` test uses the read noise measured on
+the overscan by our ISR (``readNoiseSource``), and ``PROCESSING`` is always
+written; the flat ``NOISE`` test compares ADU values (in electrons it could
+never pass); flat ``DET.MEAN``/``DET.SCATTER`` are the mean and absolute
+standard deviation of the amplifiers' clipped means;
+``READ_NOISE_CONSISTENT`` is not computed.  ``METADATA.READ_NOISE_ADU`` is
+our ISR's overscan noise in ADU (cp_verify: the ISR's serial overscan
+residual standard deviation).
 """
 
 from __future__ import annotations
@@ -28,6 +53,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import astropy.time
 import numpy as np
 from lsst.images import MaskedImage
 from lsst.pex.config import ChoiceField, ConfigurableField, Field, ListField
@@ -62,16 +88,19 @@ class CpVerifyDetectorConnections(
     outputStats = cT.Output(
         name="verify{calibType}DetStats",
         doc=(
-            "Per-amp statistics and tests, detector statistics and tests, SUCCESS and FAILURES "
-            "(lsst.cpcombined.algorithms.verify.verify_detector), plus the calibrations used and the "
-            "thresholds."
+            "cp_verify's detector dictionary (AMP, METADATA, CATALOG, DET, VERIFY, SUCCESS; "
+            "lsst.cpcombined.algorithms.verify.verify_detector) plus CPC_IDENTITY, CPC_AMP, CPC_DET, "
+            "CPC_CALIBRATIONS (the calibrations used), CPC_THRESHOLDS and CPC_PROCESSING."
         ),
         storageClass="StructuredDataDict",
         dimensions=("instrument", "exposure", "detector"),
     )
     outputResults = cT.Output(
         name="verify{calibType}DetResults",
-        doc="One row per amplifier: statistics and test results.",
+        doc=(
+            "One row per amplifier with cp_verify's columns (instrument, exposure, detector, mjd, "
+            "amplifier, <STAGE>_<stat>, <STAGE>_VERIFY_<test>, ...) plus our other statistics."
+        ),
         storageClass="ArrowAstropy",
         dimensions=("instrument", "exposure", "detector"),
     )
@@ -158,6 +187,11 @@ class CpVerifyDetectorConfig(PipelineTaskConfig, pipelineConnections=CpVerifyDet
         doc="More cosmic-ray pixels than this on a detector is an overflow: PROCESSING fails on every amp.",
         default=100_000,
     )
+    ampCornerBoxSize = Field(
+        dtype=int,
+        doc="Side (pixels) of the box at each amp's readout corner whose mean is AMP_CORNER (as cp_verify).",
+        default=200,
+    )
 
     def setDefaults(self) -> None:
         super().setDefaults()
@@ -169,6 +203,8 @@ class CpVerifyDetectorConfig(PipelineTaskConfig, pipelineConnections=CpVerifyDet
         super().validate()
         if self.statNSigma <= 0 or self.statNIter < 0:
             raise ValueError("statNSigma must be > 0 and statNIter >= 0")
+        if self.ampCornerBoxSize < 1:
+            raise ValueError(f"ampCornerBoxSize must be >= 1, not {self.ampCornerBoxSize}")
         bits(*self.statMaskPlanes)  # unknown plane names raise KeyError
         if not self.isr.doApplyGains:
             raise ValueError("verification statistics are in electrons: isr.doApplyGains must be true")
@@ -214,6 +250,25 @@ def _float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def _mjd(date: Any) -> float:
+    """MJD (TAI) of an ISO date string, or NaN."""
+    if not date:
+        return math.nan
+    try:
+        return float(astropy.time.Time(str(date), scale="tai").mjd)
+    except ValueError:
+        return math.nan
+
+
+def _physical_filter(data_id: Any) -> str | None:
+    """The physical filter implied by an expanded exposure data ID, if any."""
+    try:
+        value = data_id["physical_filter"]
+    except (KeyError, LookupError, TypeError):
+        return None
+    return None if value is None else str(value)
 
 
 def _ref_record(ref: Any) -> dict[str, Any] | None:
@@ -270,6 +325,7 @@ class CpVerifyDetectorTask(PipelineTask):
             detector=data_id["detector"],
             exposure=data_id["exposure"],
             calibrations=calibrations,
+            physical_filter=_physical_filter(data_id),
         )
         butlerQC.put(outputs, outputRefs)
 
@@ -285,6 +341,7 @@ class CpVerifyDetectorTask(PipelineTask):
         detector: int,
         exposure: int,
         calibrations: Mapping[str, Any] | None = None,
+        physical_filter: str | None = None,
     ) -> Struct:
         """Process one raw and verify it.
 
@@ -301,12 +358,16 @@ class CpVerifyDetectorTask(PipelineTask):
             Identity (id, run, data ID) of each calibration used, recorded
             in the output so that certification can check that the decision
             concerns the calibration it certifies.
+        physical_filter
+            Physical filter of the exposure (default: the raw's ``FILTER``
+            header); recorded, and a column of flat results tables.
 
         Returns
         -------
         struct
-            ``outputStats`` (`dict`) and ``outputResults``
-            (`astropy.table.Table`).
+            ``outputStats`` (`dict`, cp_verify's detector dictionary plus
+            our ``CPC_*`` keys) and ``outputResults``
+            (`astropy.table.Table`, one row per amplifier).
         """
         cfg = self.config
         if isinstance(defects, (list, tuple)):
@@ -330,13 +391,20 @@ class CpVerifyDetectorTask(PipelineTask):
 
         gains: dict[str, float] = {}
         read_noise: dict[str, float] = {}
+        read_noise_adu: dict[str, float] = {}
+        corners: dict[str, tuple[slice, slice]] = {}
         nominal = {a.name: a for a in det.amplifiers}
-        for amp in regions:
+        for amp, region in regions.items():
             gains[amp] = float(md.get(f"ISR_{amp}_GAIN", nominal[amp].gain))
             if cfg.readNoiseSource == "overscan":
                 read_noise[amp] = float(md.get(f"ISR_{amp}_OVERSCAN_NOISE_E", math.nan))
             else:
                 read_noise[amp] = float(nominal[amp].read_noise)
+            read_noise_adu[amp] = float(md.get(f"ISR_{amp}_OVERSCAN_NOISE_ADU", math.nan))
+            geometry = inputExp.layout.geometry(amp)
+            corners[amp] = verify_algo.readout_corner_region(
+                region, flip_x=geometry.flip_x, flip_y=geometry.flip_y, size=cfg.ampCornerBoxSize
+            )
 
         stats_config = stats_config_from(cfg)
         cr_noise: dict[str, float] | None = None
@@ -387,40 +455,57 @@ class CpVerifyDetectorTask(PipelineTask):
             read_noise=read_noise,
             cr_noise=cr_noise,
             cr_overflow=cr_overflow,
+            read_noise_adu=read_noise_adu,
+            corner_regions=corners,
             config=stats_config,
         )
         thresholds = thresholds_from(cfg)
         result = verify_algo.verify_detector(
             cfg.calibrationType, amp_stats, exposure=int(exposure), detector=det.name, thresholds=thresholds
         )
-        # exposure_scatter belongs to the exposure task (recorded there).
+        if physical_filter is None and md.get("FILTER"):
+            physical_filter = str(md["FILTER"])
+        date = str(md.get("DATE-BEG", md.get("DATE-OBS", "")))
+        mjd = _mjd(date)
+        # exposure_scatter belongs to the exposure task (recorded in its config).
         detector_thresholds = dataclasses.asdict(thresholds)
         del detector_thresholds["exposure_scatter"]
-        result.update(
+        result["CPC_IDENTITY"].update(
             {
                 "INSTRUMENT": str(instrument),
                 "DETECTOR_ID": int(detector),
+                "PHYSICAL_FILTER": physical_filter,
                 "OBSID": str(md.get("OBSID", "")),
                 "IMGTYPE": str(md.get("IMGTYPE", "")),
                 "EXPTIME": _float(md.get("EXPTIME")),
                 "DARKTIME": _float(md.get("DARKTIME")),
-                "DATE": str(md.get("DATE-BEG", md.get("DATE-OBS", ""))),
-                "CALIBRATIONS": dict(calibrations or {}),
-                "THRESHOLDS": detector_thresholds,
-                "COSMIC_RAYS": cr_info,
-                "READ_NOISE_SOURCE": cfg.readNoiseSource,
+                "DATE": date,
+                "MJD": mjd,
             }
         )
-        if result["FAILURES"]:
+        result["CPC_CALIBRATIONS"] = dict(calibrations or {})
+        result["CPC_THRESHOLDS"] = detector_thresholds
+        result["CPC_PROCESSING"] = {"COSMIC_RAYS": cr_info, "READ_NOISE_SOURCE": cfg.readNoiseSource}
+        failures = verify_algo.detector_failures(result)
+        if failures:
             self.log.info(
                 "Exposure %s detector %s: %d %s verification failure(s): %s",
                 exposure,
                 det.name,
-                len(result["FAILURES"]),
+                len(failures),
                 cfg.calibrationType,
-                ", ".join(result["FAILURES"]),
+                ", ".join(failures),
             )
-        table = verify_algo.results_table([result])
+        rows = verify_algo.results_rows(
+            cfg.calibrationType,
+            result,
+            instrument=str(instrument),
+            exposure=int(exposure),
+            detector=int(detector),
+            mjd=mjd,
+            physical_filter=physical_filter,
+        )
+        table = verify_algo.results_table(rows)
         table.meta["CALIB_TYPE"] = cfg.calibrationType
         table.meta["INSTRUMENT"] = str(instrument)
         return Struct(outputStats=result, outputResults=table)

@@ -1,16 +1,25 @@
-"""Per-exposure merge of the detector verification results."""
+"""Per-exposure merge of the detector verification results.
+
+Writes ``verify<Type>ExpStats`` in cp_verify's shape
+(`lsst.cpcombined.algorithms.verify.verify_exposure`): one key per
+detector, named by the camera (``RXX_S00``, ``R22_S11``), with ``SUCCESS``
+and, when it failed, its ``FAILURES`` (``"C10 NOISE"``, ``"SCATTER"``); for
+flats the exposure statistic ``EXP`` and test ``VERIFY``; and ``SUCCESS``.
+There is no other key, so cp_verify's run merge and the ScriptQueue script
+read it as cp_verify's own.  The detector names come from the data IDs of
+the inputs (as in cp_verify), not from their contents, so the merge also
+reads detector dictionaries that cp_verify wrote.
+
+Difference from cp_verify: the flat exposure ``SCATTER`` is normalised,
+``std/mean`` of the detector means, where cp_verify stores and tests the
+absolute standard deviation.
+"""
 
 from __future__ import annotations
 
-__all__ = (
-    "CpVerifyExposureConfig",
-    "CpVerifyExposureConnections",
-    "CpVerifyExposureTask",
-    "merge_calibrations",
-)
+__all__ = ("CpVerifyExposureConfig", "CpVerifyExposureConnections", "CpVerifyExposureTask")
 
-import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from lsst.pex.config import ChoiceField, Field
@@ -19,6 +28,7 @@ from lsst.pipe.base import connectionTypes as cT
 
 from ..algorithms import verify as verify_algo
 from ..errors import CpInputError
+from ..obs.instrument import get_instrument
 
 
 class CpVerifyExposureConnections(
@@ -28,7 +38,7 @@ class CpVerifyExposureConnections(
 ):
     inputStats = cT.Input(
         name="verify{calibType}DetStats",
-        doc="Detector verification results of this exposure.",
+        doc="Detector verification dictionaries of this exposure.",
         storageClass="StructuredDataDict",
         dimensions=("instrument", "exposure", "detector"),
         multiple=True,
@@ -36,8 +46,8 @@ class CpVerifyExposureConnections(
     outputStats = cT.Output(
         name="verify{calibType}ExpStats",
         doc=(
-            "Exposure verification results: per-detector summary, exposure statistics and tests, SUCCESS "
-            "and FAILURES (lsst.cpcombined.algorithms.verify.verify_exposure), calibrations used, thresholds."
+            "cp_verify's exposure dictionary: detector name -> SUCCESS [and FAILURES], for flats EXP and "
+            "VERIFY, and SUCCESS (lsst.cpcombined.algorithms.verify.verify_exposure)."
         ),
         storageClass="StructuredDataDict",
         dimensions=("instrument", "exposure"),
@@ -68,35 +78,6 @@ class CpVerifyExposureConfig(PipelineTaskConfig, pipelineConnections=CpVerifyExp
             )
 
 
-def merge_calibrations(records: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Union of the ``CALIBRATIONS`` of several verification results.
-
-    Parameters
-    ----------
-    records
-        Dictionaries each with an optional ``CALIBRATIONS`` mapping: either
-        connection name → one dataset record (detector level) or connection
-        name → list of records (exposure and run levels).
-
-    Returns
-    -------
-    calibrations : `dict` [`str`, `list` [`dict`]]
-        Connection name → unique dataset records (``dataset_type``, ``id``,
-        ``run``, ``data_id``) sorted by data ID then id.
-    """
-    merged: dict[str, dict[str, dict[str, Any]]] = {}
-    for rec in records:
-        for name, value in (rec.get("CALIBRATIONS") or {}).items():
-            items = value if isinstance(value, list) else [value]
-            for item in items:
-                if item:
-                    merged.setdefault(name, {})[str(item["id"])] = dict(item)
-    return {
-        name: sorted(by_id.values(), key=lambda r: (sorted(r.get("data_id", {}).items()), r["id"]))
-        for name, by_id in sorted(merged.items())
-    }
-
-
 class CpVerifyExposureTask(PipelineTask):
     """Merge the detector results of one exposure and run the exposure tests
     (flat: normalised scatter of the detector means)."""
@@ -106,52 +87,48 @@ class CpVerifyExposureTask(PipelineTask):
     config: CpVerifyExposureConfig
 
     def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
-        inputs = butlerQC.get(inputRefs)
         data_id = butlerQC.quantum.dataId
-        outputs = self.run(**inputs, instrument=data_id["instrument"], exposure=data_id["exposure"])
+        camera = get_instrument(data_id["instrument"]).camera_description
+        stats: dict[str, Any] = {}
+        for ref in inputRefs.inputStats:
+            name = camera[int(ref.dataId["detector"])].name
+            stats[name] = butlerQC.get(ref)
+        outputs = self.run(stats, instrument=data_id["instrument"], exposure=data_id["exposure"])
         butlerQC.put(outputs, outputRefs)
 
-    def run(self, inputStats: Sequence[Mapping[str, Any]], *, instrument: str, exposure: int) -> Struct:
+    def run(self, inputStats: Mapping[str, Mapping[str, Any]], *, instrument: str, exposure: int) -> Struct:
         """Merge the detector results.
 
         Parameters
         ----------
         inputStats
-            ``verify<Type>DetStats`` of this exposure's detectors.
+            Detector name → ``verify<Type>DetStats`` of this exposure.
         instrument, exposure
-            Data ID values.
+            Data ID values (for messages).
 
         Returns
         -------
         struct
-            ``outputStats``: the exposure results (`dict`).
+            ``outputStats``: the exposure dictionary (`dict`).
         """
         if not inputStats:
             raise CpInputError(f"exposure {exposure}: no detector verification results")
-        stats = sorted(inputStats, key=lambda r: str(r["DETECTOR"]))
-        fields = {f.name for f in dataclasses.fields(verify_algo.VerifyThresholds)}
-        known = {k: v for k, v in dict(stats[0].get("THRESHOLDS") or {}).items() if k in fields}
-        known["exposure_scatter"] = self.config.exposureScatterThreshold
-        thresholds = verify_algo.VerifyThresholds(**known)
-        result = verify_algo.verify_exposure(
-            self.config.calibrationType, stats, exposure=int(exposure), thresholds=thresholds
-        )
-        first = stats[0]
-        result.update(
-            {
-                "INSTRUMENT": str(instrument),
-                "OBSID": first.get("OBSID", ""),
-                "DATE": first.get("DATE", ""),
-                "EXPTIME": first.get("EXPTIME"),
-                "CALIBRATIONS": merge_calibrations(stats),
-                "THRESHOLDS": dataclasses.asdict(thresholds),
-            }
-        )
-        if result["FAILURES"]:
+        ordered = {name: inputStats[name] for name in sorted(inputStats)}
+        thresholds = verify_algo.VerifyThresholds(exposure_scatter=self.config.exposureScatterThreshold)
+        try:
+            result = verify_algo.verify_exposure(self.config.calibrationType, ordered, thresholds=thresholds)
+        except (KeyError, ValueError) as err:
+            raise CpInputError(
+                f"{instrument} exposure {exposure}: the {self.config.calibrationType} detector verification "
+                f"results cannot be merged ({err}); re-run the detector step of this pipeline"
+            ) from err
+        failures = verify_algo.exposure_failures(result)
+        if failures:
             self.log.info(
-                "Exposure %s: %d %s verification failure(s).",
+                "Exposure %s: %d %s verification failure(s): %s",
                 exposure,
-                len(result["FAILURES"]),
+                len(failures),
                 self.config.calibrationType,
+                ", ".join(failures),
             )
         return Struct(outputStats=result)
