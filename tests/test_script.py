@@ -93,7 +93,7 @@ def _core(repo_root, camera=None, pipelines=None):
         ({"script_mode": "BIAS", "filter": "SDSSq~empty"}, "filter: 'SDSSq~empty' is not one of"),
         ({"script_mode": "BIAS", "certify_calib_begin_date": "2030-01-01",
           "certify_calib_end_date": "2020-01-01"}, "is not after"),
-        ({"script_mode": "BIAS", "certify_calib_end_date": "next week"}, "certify_calib_*_date"),
+        ({"script_mode": "BIAS", "certify_calib_end_date": "next week"}, "certify_calib_end_date 'next week' is not a date"),
         ({"script_mode": "BIAS", "generate_calibrations": False, "do_verify": False}, "nothing would be done"),
         ({"script_mode": "BIAS_DARK_FLAT", "do_ptc": True, "exp_times_flat": 5},
          "do_ptc needs flats at several exposure times"),
