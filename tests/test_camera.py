@@ -108,24 +108,3 @@ def test_scaled_layout_keeps_overscan():
     assert (cover == 1).all()
     with pytest.raises(ValueError):
         AmpLayout.scaled(0)
-
-
-def test_register_instrument_cli(tmp_path):
-    from click.testing import CliRunner
-    from lsst.daf.butler import Butler
-    from lsst.daf.butler.cli.butler import cli as butler_cli
-
-    runner = CliRunner()
-    root = str(tmp_path / "plain")
-    assert runner.invoke(butler_cli, ["create", root]).exit_code == 0
-    result = runner.invoke(butler_cli, ["register-instrument", root, "lsst.cpcombined.LATISS"])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(butler_cli, ["register-instrument", root, "lsst.cpcombined.LSSTComCam"])
-    assert result.exit_code == 0, result.output
-    butler = Butler.from_config(root)
-    dets = {r.full_name for r in butler.query_dimension_records("detector", instrument="LSSTComCam")}
-    assert dets == {f"R22_S{i}{j}" for i in range(3) for j in range(3)}
-    filters = {r.name for r in butler.query_dimension_records("physical_filter", instrument="LATISS")}
-    assert {"SDSSr_65mm~empty", "SDSSg_65mm~empty", "empty~empty"} <= filters
-    inst = butler.query_dimension_records("instrument", instrument="LATISS")[0]
-    assert inst.class_name == "lsst.cpcombined.obs.instrument.LATISS"

@@ -1,64 +1,145 @@
 """Ingest of raw camera files into a butler repository.
 
-`ingest_raws` validates every file first (readable FITS, a raw file of one
-of our instruments, translatable header, registered instrument/detector/
-filter, readable pixels), then registers exposures and datasets in a single
-transaction.  Re-ingesting the same file is a no-op; a *different* file for
-an already-ingested (exposure, detector) is an error.  When any file is
-bad, nothing at all is registered (unless ``skip_bad`` is set, in which case
-only the good files are ingested and the bad ones reported).
+What is written is what obs_base's raw ingest writes for the same files:
+
+- the header is translated as obs_base translates it (the primary header,
+  merged with the first extension only when no translator recognises the
+  primary alone; the properties obs_base requires, non-pedantically);
+- per exposure, from its first file: the ``group`` and ``day_obs``
+  records, then the ``exposure`` record, every field computed as obs_base
+  computes it (``exposure_time`` is the requested exposure time, an end
+  before the begin is clamped to the begin, the day's timespan starts at
+  the day's offset...);
+- the ``raw`` dataset (instrument, exposure, detector; storage class
+  ``Exposure``) in ``<INSTRUMENT>/raw/all``, with obs_base's deterministic
+  dataset ids.
+
+The formatter recorded for a file of the real, full-size ITL layout is
+obs_lsst's raw formatter, so that a Science Pipelines user reads the raw
+with ``butler.get``; simulated raws at a reduced scale record
+`lsst.cpcombined.obs.raw.RawFormatter` (read them with
+`~lsst.cpcombined.obs.raw.read_raw_file`).
+
+Ingest only needs the instrument's records, whoever registered them
+(obs_lsst or cp_combined).  It validates every file first (readable FITS,
+a raw file of one of the instruments, translatable header, registered
+instrument/detector/filter, readable pixels), then registers everything in
+one transaction per RUN.  Re-ingesting the same file is a no-op; a
+*different* file for an already-ingested (exposure, detector) is an error.
+When any file is bad, nothing at all is registered (unless ``skip_bad`` is
+set, in which case only the good files are ingested and the bad ones
+reported).
 """
 
 from __future__ import annotations
 
-__all__ = ("IngestError", "IngestResult", "RawFileInfo", "ingest_raws", "inspect_raw_file", "raw_dataset_type")
+__all__ = (
+    "OPTIONAL_PROPERTIES",
+    "REQUIRED_PROPERTIES",
+    "IngestError",
+    "IngestResult",
+    "RawFileInfo",
+    "day_obs_record",
+    "exposure_record",
+    "ingest_raws",
+    "inspect_raw_file",
+    "raw_dataset_type",
+    "translate_header",
+    "translate_raw_header",
+)
 
 import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import astropy.units as u
 from astro_metadata_translator import ObservationInfo
-from astropy.time import Time, TimeDelta
 
 from lsst.daf.butler import (
     Butler,
+    DatasetIdGenEnum,
     DatasetRef,
     DatasetType,
     DimensionRecord,
+    DimensionUniverse,
     FileDataset,
     Timespan,
 )
 from lsst.daf.butler.registry import ConflictingDefinitionError
 
 from ..repo.collections import collection_exists, raw_collection
-from . import translators  # noqa: F401  (registers the translators)
+from .camera import AmpLayout
 from .instrument import get_instrument
-from .raw import RawFormatError, read_primary_header, read_raw_file, read_raw_header
+from .raw import (
+    RawFormatError,
+    RawFormatter,
+    read_hdu_header,
+    read_primary_header,
+    read_raw_file,
+    read_raw_layout,
+)
+from .translators import CpComCamTranslator, CpLatissTranslator
 
 _LOG = logging.getLogger(__name__)
 
-_OUR_TRANSLATORS = {
-    translators.CpLatissTranslator.name: "LATISS",
-    translators.CpComCamTranslator.name: "LSSTComCam",
-}
+#: Our translator of each instrument.
+_TRANSLATORS = {"LATISS": CpLatissTranslator, "LSSTComCam": CpComCamTranslator}
+
+#: Properties obs_base's ingest requires of a header translation.
+REQUIRED_PROPERTIES = frozenset(
+    {
+        "datetime_begin",
+        "datetime_end",
+        "detector_num",
+        "exposure_group",
+        "exposure_id",
+        "exposure_time_requested",
+        "group_counter_end",
+        "group_counter_start",
+        "has_simulated_content",
+        "instrument",
+        "observation_id",
+        "observation_type",
+        "observing_day",
+        "physical_filter",
+    }
+)
+#: Properties obs_base's ingest also uses when they translate (left `None` otherwise).
+OPTIONAL_PROPERTIES = frozenset(
+    {
+        "altaz_begin",
+        "boresight_rotation_coord",
+        "boresight_rotation_angle",
+        "dark_time",
+        "tracking_radec",
+        "object",
+        "observation_counter",
+        "observation_reason",
+        "observing_day_offset",
+        "science_program",
+        "visit_id",
+        "can_see_sky",
+    }
+)
 
 
 class IngestError(RuntimeError):
     """One or more files could not be ingested (nothing was registered)."""
 
 
-def raw_dataset_type(butler: Butler) -> DatasetType:
+def raw_dataset_type(universe: Butler | DimensionUniverse) -> DatasetType:
     """The ``raw`` dataset type as obs_base registers it (instrument,
     exposure, detector; storage class ``Exposure``)."""
+    if isinstance(universe, Butler):
+        universe = universe.dimensions
     return DatasetType(
         "raw",
         dimensions=("instrument", "exposure", "detector"),
         storageClass="Exposure",
-        universe=butler.dimensions,
+        universe=universe,
     )
 
 
@@ -71,11 +152,20 @@ class RawFileInfo:
     instrument: str
     detector: int
     exposure: int
+    layout: AmpLayout
 
     @property
     def data_id(self) -> dict[str, object]:
         """Butler data ID of the file's raw dataset."""
         return {"instrument": self.instrument, "exposure": self.exposure, "detector": self.detector}
+
+    @property
+    def formatter(self) -> type[RawFormatter]:
+        """Formatter recorded in the datastore: obs_lsst's for the real
+        full-size layout, `RawFormatter` for a reduced-scale simulation."""
+        if self.layout == AmpLayout():
+            return get_instrument(self.instrument).full_size_raw_formatter
+        return RawFormatter
 
 
 @dataclasses.dataclass
@@ -90,6 +180,78 @@ class IngestResult:
     def exposures(self) -> list[int]:
         """Exposure ids of the ingested and already-present files, sorted."""
         return sorted({f.exposure for f in self.ingested + self.already_present})
+
+
+def _our_translator(
+    header: Mapping[str, Any], filename: str | None
+) -> type[CpLatissTranslator] | type[CpComCamTranslator] | None:
+    for translator in _TRANSLATORS.values():
+        if translator.can_translate(header, filename=filename):
+            return translator
+    return None
+
+
+def translate_header(header: Mapping[str, Any], filename: str | None = None) -> tuple[str, ObservationInfo]:
+    """Translate a raw header with the package's translators, as obs_base's
+    raw ingest translates it (non-pedantic, the properties ingest uses).
+
+    Parameters
+    ----------
+    header
+        Raw header (not modified; header corrections apply to a copy).
+    filename
+        File the header comes from, for messages.
+
+    Returns
+    -------
+    instrument, obs_info
+        The instrument whose translator recognised the header, and the
+        translation (`REQUIRED_PROPERTIES` and `OPTIONAL_PROPERTIES` only).
+
+    Raises
+    ------
+    ValueError
+        Not a LATISS or LSSTComCam header, or an untranslatable one.
+    """
+    where = filename or "header"
+    translator = _our_translator(header, filename)
+    if translator is None:
+        raise ValueError(
+            f"{where}: not a LATISS or LSSTComCam raw file "
+            f"(INSTRUME={header.get('INSTRUME')!r}, OBSID={header.get('OBSID')!r})"
+        )
+    instrument = translator.supported_instrument
+    try:
+        obs_info = ObservationInfo(
+            dict(header),
+            translator_class=translator,
+            filename=filename,
+            pedantic=False,
+            required=set(REQUIRED_PROPERTIES),
+            subset=set(REQUIRED_PROPERTIES | OPTIONAL_PROPERTIES),
+        )
+    except Exception as err:  # translators raise KeyError/ValueError... on bad headers
+        raise ValueError(f"{where}: cannot translate the {instrument} header: {err}") from err
+    return instrument, obs_info
+
+
+def translate_raw_header(path: str | os.PathLike) -> tuple[str, ObservationInfo]:
+    """Translate a raw file's header as obs_base's raw ingest does: the
+    primary header, merged with the first extension's only when no
+    translator recognises the primary alone (see `translate_header`).
+
+    Raises
+    ------
+    RawFormatError
+        Not a readable FITS file.
+    ValueError
+        Not a LATISS or LSSTComCam raw, or an untranslatable header.
+    """
+    path = os.fspath(path)
+    header = read_primary_header(path)
+    if _our_translator(header, path) is None:
+        header = {**header, **read_hdu_header(path, 1)}
+    return translate_header(header, path)
 
 
 def inspect_raw_file(path: str, *, instrument: str | None = None, check_pixels: bool = True) -> RawFileInfo:
@@ -112,28 +274,10 @@ def inspect_raw_file(path: str, *, instrument: str | None = None, check_pixels: 
         A raw file of another (or unknown) instrument, or an untranslatable
         header.
     """
-    primary = read_primary_header(path)
-    translator = next(
-        (
-            t
-            for t in (translators.CpLatissTranslator, translators.CpComCamTranslator)
-            if t.can_translate(primary, filename=path)
-        ),
-        None,
-    )
-    if translator is None:
-        instrume = primary.get("INSTRUME", "<no INSTRUME>")
-        raise ValueError(
-            f"{path}: not a LATISS or LSSTComCam raw file (INSTRUME={instrume!r}, OBSID={primary.get('OBSID')!r})"
-        )
-    header = read_raw_header(path)
-    file_instrument = _OUR_TRANSLATORS[translator.name]
+    file_instrument, obs_info = translate_raw_header(path)
     if instrument is not None and file_instrument != instrument:
         raise ValueError(f"{path}: a {file_instrument} file, but ingest was asked for {instrument}")
-    try:
-        obs_info = ObservationInfo(header, translator_class=translator, filename=path, pedantic=True)
-    except Exception as err:  # translators raise KeyError/ValueError on bad headers
-        raise ValueError(f"{path}: cannot translate header: {err}") from err
+    layout = read_raw_layout(path)
     if check_pixels:
         read_raw_file(path)
     return RawFileInfo(
@@ -142,18 +286,20 @@ def inspect_raw_file(path: str, *, instrument: str | None = None, check_pixels: 
         instrument=file_instrument,
         detector=int(obs_info.detector_num),
         exposure=int(obs_info.exposure_id),
+        layout=layout,
     )
 
 
-def _day_obs_record(butler: Butler, info: ObservationInfo) -> DimensionRecord:
-    day = str(info.observing_day)
-    start = Time(f"{day[:4]}-{day[4:6]}-{day[6:]}T00:00:00", scale="tai") + (
-        info.observing_day_offset or TimeDelta(0, format="sec")
-    )
-    return butler.dimensions["day_obs"].RecordClass(
-        instrument=info.instrument,
-        id=int(info.observing_day),
-        timespan=Timespan(start, start + TimeDelta(1, format="jd")),
+def day_obs_record(universe: DimensionUniverse, info: ObservationInfo) -> DimensionRecord:
+    """The ``day_obs`` record obs_base writes for an observation: its
+    timespan starts at the day's offset (TAI) and lasts one day; without an
+    offset it has no timespan."""
+    offset = info.observing_day_offset
+    timespan = None
+    if offset is not None:
+        timespan = Timespan.from_day_obs(int(info.observing_day), round(offset.to_value(u.s)))
+    return universe["day_obs"].RecordClass(
+        instrument=info.instrument, id=int(info.observing_day), timespan=timespan
     )
 
 
@@ -162,33 +308,46 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _exposure_record(butler: Butler, info: ObservationInfo) -> DimensionRecord:
-    radec = info.tracking_radec
-    altaz = info.altaz_begin
-    return butler.dimensions["exposure"].RecordClass(
+def exposure_record(universe: DimensionUniverse, info: ObservationInfo) -> DimensionRecord:
+    """The ``exposure`` record obs_base writes for an observation."""
+    begin, end = info.datetime_begin, info.datetime_end
+    if end < begin:
+        _LOG.warning("%s: end time %s before begin %s; using the begin", info.observation_id, end, begin)
+        end = begin
+    tracking_ra = tracking_dec = sky_angle = None
+    if info.tracking_radec is not None:
+        icrs = info.tracking_radec.icrs
+        tracking_ra, tracking_dec = float(icrs.ra.degree), float(icrs.dec.degree)
+        if info.boresight_rotation_coord == "sky" and info.boresight_rotation_angle is not None:
+            sky_angle = float(info.boresight_rotation_angle.degree)
+    azimuth = zenith_angle = None
+    if info.altaz_begin is not None:
+        azimuth, zenith_angle = float(info.altaz_begin.az.degree), float(info.altaz_begin.zen.degree)
+    return universe["exposure"].RecordClass(
         instrument=info.instrument,
         id=int(info.exposure_id),
         obs_id=info.observation_id,
-        physical_filter=info.physical_filter,
-        exposure_time=_float(info.exposure_time.to_value(u.s)),
+        timespan=Timespan(begin, end),
+        # obs_base records the requested exposure time.
+        exposure_time=_float(info.exposure_time_requested.to_value(u.s)),
         dark_time=_float(info.dark_time.to_value(u.s)) if info.dark_time is not None else None,
         observation_type=info.observation_type,
         observation_reason=info.observation_reason,
         day_obs=int(info.observing_day),
-        seq_num=int(info.observation_counter),
-        seq_start=int(info.group_counter_start),
-        seq_end=int(info.group_counter_end),
+        seq_num=info.observation_counter,
+        physical_filter=info.physical_filter,
         group=info.exposure_group,
-        target_name=info.object,
         science_program=info.science_program,
-        tracking_ra=_float(radec.ra.degree) if radec is not None else None,
-        tracking_dec=_float(radec.dec.degree) if radec is not None else None,
-        sky_angle=_float(info.boresight_rotation_angle.degree) if info.boresight_rotation_angle is not None else None,
-        azimuth=_float(altaz.az.degree) if altaz is not None else None,
-        zenith_angle=_float(altaz.zen.degree) if altaz is not None else None,
-        has_simulated=bool(info.has_simulated_content),
+        target_name=info.object,
+        tracking_ra=tracking_ra,
+        tracking_dec=tracking_dec,
+        sky_angle=sky_angle,
+        azimuth=azimuth,
+        zenith_angle=zenith_angle,
+        has_simulated=info.has_simulated_content,
+        seq_start=info.group_counter_start,
+        seq_end=info.group_counter_end,
         can_see_sky=info.can_see_sky,
-        timespan=Timespan(info.datetime_begin, info.datetime_end),
     )
 
 
@@ -209,11 +368,15 @@ def _check_registered(butler: Butler, info: RawFileInfo) -> None:
             f"{info.path}: instrument {name} is not registered in this repository "
             f"(run: butler register-instrument REPO lsst.cpcombined.{name})"
         )
+    registry = butler.registry
+    if not list(registry.queryDimensionRecords("detector", instrument=name, detector=info.detector)):
+        raise ValueError(f"{info.path}: {name} detector {info.detector} is not registered in the repository")
     flt = info.obs_info.physical_filter
-    if not list(butler.registry.queryDimensionRecords("physical_filter", instrument=name, physical_filter=flt)):
-        raise ValueError(f"{info.path}: physical filter {flt!r} is not registered for {name}")
-    # Detector numbers come from our own camera description, so they exist
-    # as soon as the instrument is registered.
+    if not list(registry.queryDimensionRecords("physical_filter", instrument=name, physical_filter=flt)):
+        raise ValueError(
+            f"{info.path}: physical filter {flt!r} is not one of {name}'s registered filters "
+            f"(obs_lsst's list); it cannot be ingested"
+        )
 
 
 def ingest_raws(
@@ -255,7 +418,7 @@ def ingest_raws(
     """
     result = IngestResult()
     dataset_type = raw_dataset_type(butler)
-    have_type = dataset_type.name in {d.name for d in butler.registry.queryDatasetTypes(dataset_type.name)}
+    have_type = bool(list(butler.registry.queryDatasetTypes(dataset_type.name)))
     to_ingest: list[RawFileInfo] = []
     seen: dict[tuple, str] = {}
     for f in files:
@@ -301,24 +464,42 @@ def ingest_raws(
     for info in to_ingest:
         by_run.setdefault(run or raw_collection(info.instrument), []).append(info)
 
+    universe = butler.dimensions
     for run_name, run_infos in by_run.items():
         butler.registry.registerRun(run_name)
-        datasets: list[FileDataset] = []
+        # The first file of each exposure describes the exposure (as in obs_base).
+        first_of_exposure: dict[tuple[str, int], RawFileInfo] = {}
+        for info in run_infos:
+            first_of_exposure.setdefault((info.instrument, info.exposure), info)
         with butler.transaction():
-            for info in run_infos:
-                butler.registry.syncDimensionData("day_obs", _day_obs_record(butler, info.obs_info))
+            for info in first_of_exposure.values():
+                obs = info.obs_info
                 butler.registry.syncDimensionData(
-                    "group", {"instrument": info.instrument, "name": info.obs_info.exposure_group}
+                    "group", {"instrument": obs.instrument, "name": obs.exposure_group}
                 )
+                butler.registry.syncDimensionData("day_obs", day_obs_record(universe, obs))
                 try:
-                    butler.registry.syncDimensionData("exposure", _exposure_record(butler, info.obs_info))
+                    butler.registry.syncDimensionData("exposure", exposure_record(universe, obs))
                 except ConflictingDefinitionError as err:
                     raise IngestError(
                         f"{info.path}: exposure {info.exposure} is already registered with different "
                         f"metadata ({err}); nothing was ingested"
                     ) from err
-                ref = DatasetRef(dataset_type, info.data_id, run=run_name)
-                datasets.append(FileDataset(path=info.path, refs=[ref], formatter="lsst.cpcombined.obs.raw.RawFormatter"))
+            datasets = [
+                FileDataset(
+                    path=info.path,
+                    refs=[
+                        DatasetRef(
+                            dataset_type,
+                            info.data_id,
+                            run=run_name,
+                            id_generation_mode=DatasetIdGenEnum.DATAID_TYPE_RUN,
+                        )
+                    ],
+                    formatter=info.formatter,
+                )
+                for info in run_infos
+            ]
             butler.ingest(*datasets, transfer=transfer)
         result.ingested.extend(run_infos)
     for info in result.ingested:

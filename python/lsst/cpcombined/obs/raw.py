@@ -10,21 +10,30 @@ its geometry keywords (``DATASEC``, ``DETSEC``, ``DTV``/``DTM``...).
 arrays tiled into one image in detector orientation, plus the header
 metadata.  The butler's ``raw`` dataset type has the Science Pipelines'
 storage class ``Exposure``; the package reads raws from their files
-(`lsst.cpcombined.repo.files`), never with ``butler.get``.
+(`lsst.cpcombined.repo.files`), never with ``butler.get``.  The formatter
+recorded at ingest is obs_lsst's for full-size raws (a Science Pipelines
+user reads them with ``butler.get``) and `RawFormatter` for simulated raws
+at a reduced scale.
 """
 
 from __future__ import annotations
 
 __all__ = (
+    "LatissRawFormatter",
+    "LsstComCamRawFormatter",
     "RawFormatError",
     "RawFormatter",
     "RawImage",
+    "read_hdu_header",
     "read_primary_header",
     "read_raw_file",
     "read_raw_header",
+    "read_raw_layout",
     "write_raw_file",
 )
 
+import gzip
+import io
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -180,8 +189,9 @@ def _layout_from_header(header: fits.Header, filename: str, amp: str) -> AmpLayo
     )
 
 
-def read_primary_header(path: str | os.PathLike) -> dict[str, Any]:
-    """Read the primary header of a FITS file as a dict.
+def read_hdu_header(path: str | os.PathLike, index: int = 0) -> dict[str, Any]:
+    """Read the header of one HDU of a FITS file as a dict (an empty dict
+    when the file has no such HDU).
 
     Raises
     ------
@@ -191,9 +201,24 @@ def read_primary_header(path: str | os.PathLike) -> dict[str, Any]:
     filename = os.fspath(path)
     try:
         with fits.open(filename, memmap=False, lazy_load_hdus=True) as hdul:
-            return _header_to_dict(hdul[0].header)
+            try:
+                hdu = hdul[index]
+            except IndexError:
+                return {}
+            return _header_to_dict(hdu.header)
     except (OSError, ValueError, TypeError, IndexError) as err:
         raise RawFormatError(f"{filename}: not a readable FITS file ({err})") from err
+
+
+def read_primary_header(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the primary header of a FITS file as a dict.
+
+    Raises
+    ------
+    RawFormatError
+        If the file is not a readable FITS file.
+    """
+    return read_hdu_header(path, 0)
 
 
 def read_raw_header(path: str | os.PathLike) -> dict[str, Any]:
@@ -226,6 +251,46 @@ def read_raw_header(path: str | os.PathLike) -> dict[str, Any]:
     return merged
 
 
+def read_raw_layout(path: str | os.PathLike) -> AmpLayout:
+    """Pixel layout of a raw file, from its amplifier headers only.
+
+    Raises
+    ------
+    RawFormatError
+        If the file is not a raw camera file or its amplifiers disagree.
+    """
+    filename = os.fspath(path)
+    try:
+        with fits.open(filename, memmap=False, lazy_load_hdus=True) as hdul:
+            hdus = _amp_hdus(hdul, filename)
+            layouts = {amp: _layout_from_header(hdus[amp].header, filename, amp) for amp in AMP_NAMES}
+    except RawFormatError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError, EOFError) as err:
+        raise RawFormatError(f"{filename}: not a readable FITS file ({err})") from err
+    first = layouts[AMP_NAMES[0]]
+    for amp, layout in layouts.items():
+        if layout != first:
+            raise RawFormatError(f"{filename}: amplifier {amp} geometry {layout} differs from {first}")
+    return first
+
+
+def _open_for_pixels(filename: str) -> fits.HDUList:
+    """Open a FITS file to read all its pixels.
+
+    A gzip-compressed file is decompressed into memory first: astropy reads
+    its HDUs through a gzip stream that restarts for every HDU, several
+    times slower than one decompression.
+    """
+    with open(filename, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    if not gzipped:
+        return fits.open(filename, memmap=False)
+    with open(filename, "rb") as f:
+        data = gzip.decompress(f.read())
+    return fits.open(io.BytesIO(data), memmap=False)
+
+
 def read_raw_file(path: str | os.PathLike) -> RawImage:
     """Read a raw camera file into a `RawImage`.
 
@@ -237,8 +302,8 @@ def read_raw_file(path: str | os.PathLike) -> RawImage:
     """
     filename = os.fspath(path)
     try:
-        hdul = fits.open(filename, memmap=False)
-    except (OSError, ValueError, TypeError) as err:
+        hdul = _open_for_pixels(filename)
+    except (OSError, ValueError, TypeError, EOFError) as err:
         raise RawFormatError(f"{filename}: not a readable FITS file ({err})") from err
     with hdul:
         try:
@@ -327,28 +392,50 @@ def write_raw_file(
 
 
 class RawFormatter(FormatterV2):
-    """Butler formatter recorded for raw files ingested by cp_combined.
+    """Butler formatter recorded for raws that only cp_combined reads.
 
-    Read-only for files ingested from the camera; writing is supported for
-    completeness (uncompressed FITS).  Components: ``image`` (untrimmed
-    `lsst.images.Image`) and ``metadata`` (primary header as a dict).
+    Raws of the real, full-size ITL layout are recorded with obs_lsst's raw
+    formatter (`LatissRawFormatter`, `LsstComCamRawFormatter`), so that a
+    Science Pipelines user reads them with ``butler.get`` like any camera
+    raw.  Simulated raws at a reduced geometry scale are not shaped like
+    obs_lsst's camera and are recorded with this formatter, which does not
+    read them: they are read from their file with `read_raw_file`, as the
+    package's tasks do.
     """
 
     default_extension: ClassVar[str] = ".fits"
     supported_extensions: ClassVar[frozenset[str]] = frozenset({".fits", ".fz", ".fits.fz", ".fits.gz"})
-    can_read_from_local_file: ClassVar[bool] = True
+    can_read_from_uri: ClassVar[bool] = True
 
-    def read_from_local_file(self, path: str, component: str | None = None, expected_size: int = -1) -> Any:
-        if component == "metadata":
-            return read_raw_header(path)
-        raw = read_raw_file(path)
-        if component == "image":
-            return raw.image
-        if component is not None:
-            raise ValueError(f"Unknown component {component!r} of a raw image")
-        return raw
+    def read_from_uri(self, uri: ResourcePath, component: str | None = None, expected_size: int = -1) -> Any:
+        raise NotImplementedError(
+            f"{uri}: a cp_combined raw is not read with butler.get; read it with "
+            "lsst.cpcombined.obs.raw.read_raw_file(butler.getURI(ref).ospath)"
+        )
 
-    def write_local_file(self, in_memory_dataset: Any, uri: ResourcePath) -> None:
-        raw: RawImage = in_memory_dataset
-        arrays = {a: raw.amp_array(a) for a in AMP_NAMES}
-        write_raw_file(uri.ospath, raw.metadata, arrays, raw.layout, compress=False)
+
+class _ObsLsstRawFormatter(RawFormatter):
+    """A raw formatter that records obs_lsst's formatter in the datastore.
+
+    The datastore records a formatter by `name`; these name obs_lsst's raw
+    formatters, which read the file when obs_lsst is set up.
+    """
+
+    #: Fully qualified name of obs_lsst's formatter.
+    obs_lsst_name: ClassVar[str]
+
+    @classmethod
+    def name(cls) -> str:
+        return cls.obs_lsst_name
+
+
+class LatissRawFormatter(_ObsLsstRawFormatter):
+    """Records ``lsst.obs.lsst.rawFormatter.LatissRawFormatter``."""
+
+    obs_lsst_name = "lsst.obs.lsst.rawFormatter.LatissRawFormatter"
+
+
+class LsstComCamRawFormatter(_ObsLsstRawFormatter):
+    """Records ``lsst.obs.lsst.rawFormatter.LsstComCamRawFormatter``."""
+
+    obs_lsst_name = "lsst.obs.lsst.rawFormatter.LsstComCamRawFormatter"

@@ -17,7 +17,7 @@ from pathlib import Path
 from lsst.daf.butler import Butler, Config
 
 from ..env import package_root
-from ..obs.instrument import LATISS, LSSTComCam
+from ..obs.instrument import instruments
 
 _LOG = logging.getLogger(__name__)
 
@@ -85,7 +85,9 @@ def create_repo(
     seed_config
         Extra butler seed configuration file (merged before ``registry_db``).
     register_instruments
-        Register LATISS and LSSTComCam (instrument, detectors, filters).
+        Register LATISS and LSSTComCam (instrument, detectors, filters):
+        obs_lsst's records, written as ``butler register-instrument`` writes
+        them.
 
     Returns
     -------
@@ -103,7 +105,7 @@ def create_repo(
     Butler.makeRepo(os.fspath(root), config=seed)
     butler = Butler.from_config(os.fspath(root), writeable=True)
     if register_instruments:
-        for instrument in (LATISS(), LSSTComCam()):
+        for instrument in instruments():
             instrument.register(butler.registry)
     _LOG.info("Created butler repository %s", root)
     return butler

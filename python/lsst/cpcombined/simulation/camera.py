@@ -28,7 +28,7 @@ from ..obs.camera import DetectorDescription
 from ..obs.ingest import ingest_raws
 from ..obs.instrument import CpInstrument, get_instrument
 from ..obs.raw import write_raw_file
-from ..obs.translators import DAY_OBS_OFFSET, compute_exposure_id
+from ..obs.translators import compute_exposure_id
 from .sensor import simulate_raw_amps
 from .truth import IMAGE_TYPES, SimulationTruth
 
@@ -73,7 +73,13 @@ def primary_header(
     seed: int | None = None,
 ) -> dict[str, Any]:
     """Primary header of a simulated raw file, with the keywords the Rubin
-    camera writes (times in TAI)."""
+    camera writes (times in TAI).
+
+    The frames are calibration frames taken with the dome closed
+    (``VIGN_MIN`` ``FULLY``: they cannot see the sky) and are flagged as
+    simulated the way the camera flags simulated subsystems, with a
+    ``SIMULATE <system>`` keyword.
+    """
     end = begin + TimeDelta(dark_time, format="sec")
     now = end + TimeDelta(READOUT_SECONDS, format="sec")
     raft = "R00" if instrument.name == "LATISS" else detector.raft
@@ -110,6 +116,8 @@ def primary_header(
         "EXPTIME": float(exposure_time),
         "DARKTIME": float(dark_time),
         "SHUTTIME": float(exposure_time) if image_type == "flat" else 0.0,
+        "VIGN_MIN": "FULLY",
+        "ROTPA": 0.0,
         "RAFTBAY": raft,
         "CCDSLOT": detector.sensor,
         "LSST_NUM": detector.serial,
@@ -117,6 +125,7 @@ def primary_header(
         "CCD_TYPE": "3800C",
         "FILENAME": f"{obs_id}_{raft}_{detector.sensor}.fits",
         "HEADVER": 2,
+        "SIMULATE CPCOMBINED": 1,
         "CPSIM": True,
     }
     if seed is not None:
@@ -193,9 +202,11 @@ class SimulatedCamera:
             self._clock = now
         return self._clock
 
-    @staticmethod
-    def _day_obs(t: Time) -> int:
-        return int((t.tai - DAY_OBS_OFFSET).strftime("%Y%m%d"))
+    def _day_obs(self, t: Time) -> int:
+        """Observing day of an exposure starting at ``t``, by the
+        instrument's rule (rollover at 12:00 TAI on the mountain)."""
+        translator = self.instrument.translator_class
+        return translator.observing_date_to_observing_day(t, translator.observing_date_to_offset(t))
 
     def _next_seq_num(self, day_obs: int) -> int:
         records = self.butler.registry.queryDimensionRecords(
