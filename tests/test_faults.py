@@ -278,3 +278,24 @@ def test_broken_state_file_names_the_file_and_the_fix(tmp_path, fake_core, capsy
     assert cli_main(["run", str(_config(tmp_path)), "--repo", str(repo)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert str(bad) in err and "move it away to start afresh" in err
+
+
+# -- repository creation ---------------------------------------------------------------------
+
+
+def test_init_edge_cases(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # A dotted name is a directory, not a configuration format.
+    assert cli_main(["init", "daily_repo.v2"]) == 0
+    assert (tmp_path / "daily_repo.v2" / "butler.yaml").exists()
+    butler = Butler.from_config("daily_repo.v2")
+    assert butler.collections.get_info("LATISS/calib").type is CollectionType.CHAINED
+    # Again: the instruments are checked, nothing else changes.
+    assert cli_main(["init", "daily_repo.v2"]) == 0
+    out = capsys.readouterr()
+    assert "already a butler repository" in out.out and out.out.count("\n") == 2 and not out.err
+    # A path that is a file.
+    Path("afile").write_text("x")
+    assert cli_main(["init", "afile"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file" in err[0]

@@ -55,9 +55,19 @@ def _init_args(p: argparse.ArgumentParser):
     p.add_argument("--seed-config", metavar="FILE", help="Extra butler seed configuration (YAML).")
 
     def run(args: argparse.Namespace) -> int:
-        from ..repo.create import create_repo
+        from ..obs.instrument import instruments
+        from ..repo.create import RepositoryExistsError, create_repo
 
-        create_repo(args.repo, registry_db=args.registry, seed_config=args.seed_config)
+        try:
+            create_repo(args.repo, registry_db=args.registry, seed_config=args.seed_config)
+        except RepositoryExistsError:
+            # An existing repository: make sure the instruments are there
+            # (identical records are left alone; differing ones are refused).
+            butler = _butler(args.repo)
+            for instrument in instruments():
+                instrument.register(butler.registry)
+            print(f"{args.repo} is already a butler repository: LATISS and LSSTComCam are registered; nothing else changed")
+            return 0
         print(f"Created repository {args.repo} (instruments LATISS, LSSTComCam registered)")
         return 0
 

@@ -8,18 +8,23 @@ __all__ = (
     "ensure_postgres_extensions",
     "package_seed_config",
     "postgres_driver_url",
+    "RepositoryExistsError",
 )
 
 import logging
 import os
 from pathlib import Path
 
-from lsst.daf.butler import Butler, Config
+from lsst.daf.butler import Butler, CollectionType, Config
 
 from ..env import package_root
 from ..obs.instrument import instruments
 
 _LOG = logging.getLogger(__name__)
+
+
+class RepositoryExistsError(FileExistsError):
+    """The directory already holds a butler repository."""
 
 def config_dir() -> Path:
     """The package's butler ``config/`` directory.
@@ -94,6 +99,11 @@ def create_repo(
     butler
         A writeable butler for the new repository.
     """
+    root = Path(root).expanduser().absolute()
+    if root.is_file():
+        raise ValueError(f"{root} is a file: give a directory for the new repository")
+    if (root / "butler.yaml").exists():
+        raise RepositoryExistsError(f"{root} is already a butler repository; nothing was changed")
     seed = package_seed_config()
     if seed_config is not None:
         seed.update(Config(os.fspath(seed_config)))
@@ -102,10 +112,15 @@ def create_repo(
     db = seed.get(("registry", "db"))
     if db is not None and str(db).startswith("postgresql"):
         ensure_postgres_extensions(str(db))
-    Butler.makeRepo(os.fspath(root), config=seed)
+    # An explicit butler.yaml: a directory name with a dot (daily_repo.v2)
+    # would otherwise be taken for a configuration file format.
+    Butler.makeRepo(os.fspath(root), config=seed, outfile=os.fspath(root / "butler.yaml"))
     butler = Butler.from_config(os.fspath(root), writeable=True)
     if register_instruments:
         for instrument in instruments():
             instrument.register(butler.registry)
-    _LOG.info("Created butler repository %s", root)
+            # DMTN-222: the instrument's calibration chain, empty until
+            # something is certified and chained (opt-in, see certify_chain).
+            butler.collections.register(f"{instrument.getName()}/calib", CollectionType.CHAINED)
+    _LOG.debug("Created butler repository %s", root)
     return butler

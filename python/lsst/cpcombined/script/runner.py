@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from lsst.daf.butler import Butler, CollectionType
+from lsst.daf.butler import Butler
 
 from ..repo.collections import collection_exists
 from ..repo.create import create_repo
@@ -265,11 +265,7 @@ def run_procedure(
             _check_collections(Butler.from_config(str(repo)), cfg, repo)
         else:
             _progress(f"Creating embedded repository {repo}")
-            butler = create_repo(repo)
-            for instrument in ("LATISS", "LSSTComCam"):
-                # The conventional (empty) calibration chain of a new repository.
-                butler.collections.register(f"{instrument}/calib", CollectionType.CHAINED)
-            _check_collections(butler, cfg, repo)
+            _check_collections(create_repo(repo), cfg, repo)
         selection = book.start(config_key(run_cfg.instrument, script_cfg, run_cfg.simulation), resume=resume)
         book.set_lock_holder(selection.state.run_id)
         _progress(selection.message)
