@@ -16,6 +16,14 @@ submission file ``submit.yaml``, the ``bps submit`` output
 ``bps_submit.log`` and the bps submit directory ``workflow/`` (quantum
 graph, expanded configuration, per-job logs in ``workflow/logs``).
 
+While a workflow runs, the service follows it from those files (`WorkflowProgressReader`:
+the graph's size per task label from ``quantumGraphGeneration.out``, each
+quantum's end from the job logs) and reports lines like::
+
+      cpBias: 12/24 quanta (cpBiasIsr 12/20, cpBiasCombine 0/4), ~35 s left
+
+to its ``progress`` callable.
+
 Running ``bps`` from a pip install needs the variables an eups ``setup``
 would give (``CTRL_MPEXEC_DIR``, ``DAF_BUTLER_DIR``...) and ``pipetask`` /
 ``butler`` on ``PATH``; `bps_environment` provides them for the subprocess
@@ -28,6 +36,7 @@ __all__ = (
     "BpsJobStatus",
     "BpsPipelineService",
     "LocalThreadsSite",
+    "WorkflowProgressReader",
     "bps_environment",
     "default_site_config",
     "read_workflow_status",
@@ -55,7 +64,8 @@ from lsst.ctrl.bps.parsl.configuration import get_bps_config_value
 from lsst.ctrl.bps.parsl.site import SiteConfig
 
 from ..env import package_root
-from .protocols import JobResult
+from .pipetask import JobProgress, ProgressEvent, job_name, parse_progress
+from .protocols import JobResult, ProgressReporter
 
 _LOG = logging.getLogger(__name__)
 
@@ -234,6 +244,69 @@ def read_workflow_status(submit_dir: str | os.PathLike, bps_output: str = "") ->
     return status
 
 
+
+class WorkflowProgressReader:
+    """Reads the progress of a running BPS workflow from its submit directory.
+
+    The graph's size per task label comes from the quantum-graph build's
+    output (``quantumGraphGeneration.out``, read once the build is
+    complete); each quantum's end from the job logs (``logs/**/*.stderr``,
+    read incrementally).  Both are written at INFO by the settings of
+    ``config/bps/cpcombined.yaml`` (``--log-level=INFO``).  The per-job
+    ``Executed N quanta...`` summaries are not returned (each counts one
+    job only).
+
+    Parameters
+    ----------
+    submit_dir
+        The workflow's ``submitPath``.
+    """
+
+    def __init__(self, submit_dir: str | os.PathLike) -> None:
+        self.submit_dir = Path(submit_dir)
+        self._graph_read = False
+        self._offsets: dict[Path, int] = {}
+        self._partial: dict[Path, bytes] = {}
+
+    def poll(self) -> list[ProgressEvent]:
+        """Events written since the last call (graph first, then quanta)."""
+        events: list[ProgressEvent] = []
+        if not self._graph_read:
+            graph_log = self.submit_dir / "quantumGraphGeneration.out"
+            if not graph_log.is_file():
+                return events
+            graph_events = [
+                ev
+                for ev in map(parse_progress, graph_log.read_text(errors="replace").splitlines())
+                if ev is not None and ev.kind in ("planned", "dropped", "built")
+            ]
+            if not any(ev.kind == "built" for ev in graph_events):
+                return events  # the quanta are not counted before the graph
+            self._graph_read = True
+            events += graph_events
+        logs = self.submit_dir / "logs"
+        for path in sorted(logs.rglob("*.stderr")) if logs.is_dir() else []:
+            if path.name in ("pipetaskInit.stderr", "finalJob.stderr"):
+                continue
+            offset = self._offsets.get(path, 0)
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+            except OSError:
+                continue
+            if not data:
+                continue
+            self._offsets[path] = offset + len(data)
+            *lines, rest = (self._partial.pop(path, b"") + data).split(b"\n")
+            if rest:
+                self._partial[path] = rest
+            for raw in lines:
+                ev = parse_progress(raw.decode(errors="replace"))
+                if ev is not None and ev.kind in ("done", "failed", "skipped", "blocked"):
+                    events.append(ev)
+        return events
+
 @dataclasses.dataclass
 class _Job:
     process: asyncio.subprocess.Process
@@ -242,6 +315,9 @@ class _Job:
     log_path: Path
     started: float
     result: JobResult | None = None
+    tracker: JobProgress | None = None
+    reader: WorkflowProgressReader | None = None
+    watcher: asyncio.Task | None = None
 
 
 class BpsPipelineService:
@@ -268,6 +344,17 @@ class BpsPipelineService:
     bps_command
         The ``bps`` executable (default: next to this interpreter, else
         ``bps`` on ``PATH``).
+    progress
+        Receives the progress lines of the running workflows (see the
+        module doc), in the event loop's thread; default: this module's
+        logger at INFO.  May also be set later through the ``progress``
+        attribute.  A failure in reporting progress is logged and the
+        workflow goes on.
+    progress_interval
+        Minimum seconds between two progress lines of a workflow (a line is
+        also given whenever every quantum of a task label has ended).
+    progress_poll
+        Seconds between two reads of a running workflow's logs.
     """
 
     def __init__(
@@ -279,6 +366,9 @@ class BpsPipelineService:
         output_prefix: str = "u/ocps",
         extra_config: dict[str, Any] | None = None,
         bps_command: str | None = None,
+        progress: ProgressReporter | None = None,
+        progress_interval: float = 5.0,
+        progress_poll: float = 2.0,
     ) -> None:
         self.repo = str(repo)
         self.site_config = str(Path(os.path.expandvars(str(site_config))).resolve()) if site_config else None
@@ -293,6 +383,9 @@ class BpsPipelineService:
             candidate = Path(sys.executable).parent / "bps"
             bps_command = str(candidate) if candidate.exists() else (shutil.which("bps") or "bps")
         self.bps_command = bps_command
+        self.progress = progress
+        self.progress_interval = progress_interval
+        self.progress_poll = progress_poll
         self._jobs: dict[str, _Job] = {}
         self._counter = itertools.count(1)
 
@@ -409,10 +502,63 @@ class BpsPipelineService:
                 cwd=str(meta),
                 start_new_session=True,  # its own process group: parsl workers are killed with it
             )
-        self._jobs[job_id] = _Job(
+        job = _Job(
             process=proc, output=output, submit_dir=submit_dir, log_path=log_path, started=time.monotonic()
         )
+        job.tracker = JobProgress(
+            job_name(pipeline),
+            self._report,
+            interval=self.progress_interval,
+            use_summary=False,
+            schedule=asyncio.get_running_loop().call_later,
+        )
+        job.reader = WorkflowProgressReader(submit_dir)
+        job.watcher = asyncio.ensure_future(self._watch(job))
+        self._jobs[job_id] = job
         return job_id
+
+    # -- progress -------------------------------------------------------------------
+
+    def _report(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress(line)
+        else:
+            _LOG.info("%s", line)
+
+    async def _poll_progress(self, job: _Job) -> None:
+        """Read the workflow's new progress events and count them (never raises)."""
+        if job.reader is None or job.tracker is None:
+            return
+        try:
+            events = await asyncio.to_thread(job.reader.poll)
+        except Exception:  # noqa: BLE001 - progress must never break a workflow
+            _LOG.warning(
+                "Reading the progress of %s failed; the workflow goes on.", job.submit_dir, exc_info=True
+            )
+            job.reader = None
+            return
+        for event in events:
+            job.tracker.feed(event)
+
+    async def _watch(self, job: _Job) -> None:
+        """Follow a workflow's progress until its ``bps submit`` ends."""
+        while job.process.returncode is None:
+            await asyncio.sleep(self.progress_poll)
+            await self._poll_progress(job)
+
+    async def _stop_watching(self, job: _Job, final: bool) -> None:
+        """Stop following a workflow (after a last read if ``final``)."""
+        if job.watcher is not None:
+            job.watcher.cancel()
+            try:
+                await job.watcher
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+            job.watcher = None
+        if final:
+            await self._poll_progress(job)
+        if job.tracker is not None:
+            job.tracker.close(flush=final)
 
     # -- results --------------------------------------------------------------------
 
@@ -450,9 +596,14 @@ class BpsPipelineService:
             if job.process.returncode is None:
                 _LOG.warning("Killing the bps workflow writing %s: its procedure stopped.", job.output)
                 await self._stop(job)
+            if job.watcher is not None:
+                job.watcher.cancel()
+            if job.tracker is not None:
+                job.tracker.close(flush=False)
             raise
         except TimeoutError:
             await self._stop(job)
+            await self._stop_watching(job, final=False)
             return JobResult(
                 jobId=job_id,
                 phase="aborted",
@@ -464,6 +615,7 @@ class BpsPipelineService:
                 ],
                 seconds=time.monotonic() - job.started,
             )
+        await self._stop_watching(job, final=True)
         job.result = await asyncio.to_thread(self._finish, job_id, job)
         return job.result
 

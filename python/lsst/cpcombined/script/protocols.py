@@ -8,11 +8,16 @@ implements them with the simulated camera and in-process pipelines, and
 
 from __future__ import annotations
 
-__all__ = ("Camera", "JobResult", "PipelineService", "RawWaiter", "ScriptState")
+__all__ = ("Camera", "JobResult", "PipelineService", "ProgressReporter", "RawWaiter", "ScriptState")
 
 import dataclasses
 import enum
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
+
+#: Receives human-readable progress lines (one line each, no trailing
+#: newline), e.g. a pipeline service's per-job quantum counts.
+type ProgressReporter = Callable[[str], None]
 
 
 class ScriptState(enum.IntEnum):
@@ -124,7 +129,13 @@ class JobResult:
 @runtime_checkable
 class PipelineService(Protocol):
     """Runs pipelines like OCPS: ``execute`` returns a job id, the result
-    comes later."""
+    comes later.
+
+    A service that can follow its jobs' progress (the local and BPS ones)
+    has a ``progress`` attribute (a `ProgressReporter` or None) that the
+    caller may set; it is not part of the protocol (OCPS reports no
+    progress).
+    """
 
     async def execute(self, pipeline: str, version: str, config: str, data_query: str) -> str:
         """Submit ``pipetask run -p pipeline`` with extra arguments

@@ -284,6 +284,7 @@ def _run_locked(
 ) -> tuple[int, RunSummary]:
     """Run the procedure on a chosen run (the repository lock is held)."""
     pipelines = _pipeline_service(repo, run_cfg.execution)
+    pipelines.progress = _progress
     core = MakeCalibrationsCore(
         run_cfg.instrument,
         camera=LocalSimulatedCamera(repo, truth, list(cfg.detectors), cfg.wait_between_exposures),

@@ -6,6 +6,9 @@ the local service runs several jobs at once, each job beyond the in-process
 one used to pay that again; a `WarmWorker` pays it once, ahead of time, and
 then runs jobs one after another (each job still gets its own ``pipetask``
 invocation, butler and quantum graph; only the interpreter is reused).
+
+A job's progress (`~lsst.cpcombined.script.pipetask.ProgressEvent`, one
+per quantum) comes back through the worker's pipe ahead of its result.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 _LOG = logging.getLogger(__name__)
 
@@ -57,8 +61,13 @@ class WorkerDied(RuntimeError):
 def _worker_loop(
     conn: multiprocessing.connection.Connection, parent_pid: int
 ) -> None:  # pragma: no cover - child process
-    """Body of a worker process: import, then run ``pipetask`` argument
-    lists received on ``conn`` until it is closed."""
+    """Body of a worker process: import, then run the jobs received on
+    ``conn`` until it is closed.
+
+    A job is ``(pipetask arguments, whether to send progress)``; the
+    worker answers ``("progress", event fields)`` messages while it runs
+    (if asked to), then ``("result", exit code, errors)``.
+    """
     import importlib
 
     die_with_parent(parent_pid)
@@ -69,13 +78,16 @@ def _worker_loop(
             pass
     from .pipetask import run_pipetask
 
+    def send_progress(event: Any) -> None:
+        conn.send(("progress", tuple(event)))
+
     while True:
         try:
-            args = conn.recv()
+            args, want_progress = conn.recv()
         except (EOFError, OSError):
             return
-        res = run_pipetask(args)
-        conn.send((res.exit_code, [] if res.ok else [res.error_summary()]))
+        res = run_pipetask(args, progress=send_progress if want_progress else None)
+        conn.send(("result", res.exit_code, [] if res.ok else [res.error_summary()]))
 
 
 class WarmWorker:
@@ -103,8 +115,20 @@ class WarmWorker:
     def alive(self) -> bool:
         return self.process.is_alive()
 
-    def run(self, args: Sequence[str]) -> tuple[int, list[str]]:
+    def run(
+        self, args: Sequence[str], progress: Callable[[tuple], None] | None = None
+    ) -> tuple[int, list[str]]:
         """Run one ``pipetask`` job; return ``(exit code, errors)``.
+
+        Parameters
+        ----------
+        args
+            ``pipetask`` arguments.
+        progress
+            Receives the job's progress events (tuples of
+            `~lsst.cpcombined.script.pipetask.ProgressEvent` fields), in
+            the calling thread; an exception it raises is logged once and
+            it is not called again.
 
         Raises
         ------
@@ -112,8 +136,17 @@ class WarmWorker:
             If the process ended before answering.
         """
         try:
-            self._conn.send(list(args))
-            return self._conn.recv()
+            self._conn.send((list(args), progress is not None))
+            while True:
+                message = self._conn.recv()
+                if message[0] == "result":
+                    return message[1], message[2]
+                if progress is not None:
+                    try:
+                        progress(message[1])
+                    except Exception:  # noqa: BLE001 - progress must never break a job
+                        _LOG.warning("Progress reporting failed; the job goes on without it.", exc_info=True)
+                        progress = None
         except (EOFError, OSError, BrokenPipeError) as err:
             self.process.join(timeout=5)
             raise WorkerDied(
