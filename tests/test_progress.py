@@ -14,7 +14,7 @@ import pytest
 from lsst.cpcombined.repo.create import create_repo
 from lsst.cpcombined.script.bps import BpsPipelineService, WorkflowProgressReader
 from lsst.cpcombined.script.local import LocalPipelineService
-from lsst.cpcombined.script.pipetask import (
+from lsst.cpcombined.script.progress import (
     PROGRESS_LOGGERS,
     JobProgress,
     ProgressEvent,
@@ -220,7 +220,7 @@ def test_a_failing_report_is_logged_once_and_never_raises(caplog):
         raise OSError("terminal gone")
 
     tracker = JobProgress("cpBias", report, interval=0.0)
-    with caplog.at_level(logging.WARNING, logger="lsst.cpcombined.script.pipetask"):
+    with caplog.at_level(logging.WARNING, logger="lsst.cpcombined.script.progress"):
         tracker.feed(ProgressEvent("done", "cpBiasIsr", seconds=1.0))
         tracker.feed(ProgressEvent("done", "cpBiasIsr", seconds=1.0))
         tracker.flush()

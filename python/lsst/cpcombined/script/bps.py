@@ -64,7 +64,7 @@ from lsst.ctrl.bps.parsl.configuration import get_bps_config_value
 from lsst.ctrl.bps.parsl.site import SiteConfig
 
 from ..env import package_root
-from .pipetask import JobProgress, ProgressEvent, job_name, parse_progress
+from .progress import JobProgress, ProgressEvent, job_name, parse_progress
 from .protocols import JobResult, ProgressReporter
 
 _LOG = logging.getLogger(__name__)

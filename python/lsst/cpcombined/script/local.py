@@ -30,14 +30,14 @@ from lsst.daf.butler import Butler
 from ..env import package_root
 from ..simulation import SimulationTruth
 from ..simulation.camera import READOUT_SECONDS, SimulatedCamera
-from .pipetask import (
+from .pipetask import run_pipetask
+from .progress import (
     PROGRESS_LOGGERS,
     JobProgress,
     ProgressEvent,
     job_name,
     parse_progress,
     progress_log_level_args,
-    run_pipetask,
 )
 from .protocols import JobResult, ProgressReporter
 from .worker import WarmWorker, WorkerDied, die_with_parent
@@ -173,7 +173,7 @@ class LocalPipelineService:
 
           cpBias: 12/24 quanta (cpBiasIsr 12/20, cpBiasCombine 0/4), ~35 s left
 
-    to ``progress`` (see `~lsst.cpcombined.script.pipetask.JobProgress`).
+    to ``progress`` (see `~lsst.cpcombined.script.progress.JobProgress`).
 
     Parameters
     ----------

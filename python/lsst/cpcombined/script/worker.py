@@ -7,7 +7,7 @@ one used to pay that again; a `WarmWorker` pays it once, ahead of time, and
 then runs jobs one after another (each job still gets its own ``pipetask``
 invocation, butler and quantum graph; only the interpreter is reused).
 
-A job's progress (`~lsst.cpcombined.script.pipetask.ProgressEvent`, one
+A job's progress (`~lsst.cpcombined.script.progress.ProgressEvent`, one
 per quantum) comes back through the worker's pipe ahead of its result.
 """
 
@@ -126,7 +126,7 @@ class WarmWorker:
             ``pipetask`` arguments.
         progress
             Receives the job's progress events (tuples of
-            `~lsst.cpcombined.script.pipetask.ProgressEvent` fields), in
+            `~lsst.cpcombined.script.progress.ProgressEvent` fields), in
             the calling thread; an exception it raises is logged once and
             it is not called again.
 
