@@ -34,6 +34,7 @@ from conftest import run_cp_pipeline
 from lsst.cpcombined.algorithms.defects import border_mask, mask_to_table, table_to_mask
 from lsst.cpcombined.algorithms.masks import BIT
 from lsst.cpcombined.errors import CpInputError
+from lsst.cpcombined.repo.calib_tables import DEFECTS_CALIBCLS, read_defects
 from lsst.cpcombined.repo.create import create_repo
 from lsst.cpcombined.repo.products import to_masked_image
 from lsst.cpcombined.simulation import SimulationTruth
@@ -93,6 +94,12 @@ def latiss(tmp_path_factory):
     return types.SimpleNamespace(root=root, butler=butler, truth=truth, camera=cam, darks=darks, flats=flats)
 
 
+def _read_defects(butler, collection, instrument="LATISS", detector=0) -> Table:
+    """The defects product read through its URI (``butler.get`` would need ip_isr)."""
+    ref = butler.find_dataset("defects", collections=collection, instrument=instrument, detector=detector)
+    return read_defects(butler.getURI(ref).ospath)
+
+
 def _score(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     tp = np.count_nonzero(found & truth)
     return tp / max(1, np.count_nonzero(truth)), tp / max(1, np.count_nonzero(found))
@@ -100,13 +107,12 @@ def _score(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 def test_defects_match_truth(latiss):
     butler = latiss.butler
-    table = butler.get("defects", collections="gen/cpDefects", instrument="LATISS", detector=0,
-                       parameters={"strip_astropy_meta_yaml": False})
+    table = _read_defects(butler, "gen/cpDefects")
     assert isinstance(table, Table)
     assert table.colnames == ["x0", "y0", "width", "height"]
-    assert all(table[c].dtype == np.int32 for c in table.colnames)
+    assert all(table[c].dtype == np.int64 for c in table.colnames)
     assert (table.meta["DET_NY"], table.meta["DET_NX"]) == (NY, NX)
-    assert table.meta["CALIB_TYPE"] == "defects"
+    assert table.meta["OBSTYPE"] == "defects"
     found = table_to_mask(table)
 
     dt = latiss.truth.detector_truth(0)
@@ -130,8 +136,37 @@ def test_defects_match_truth(latiss):
     assert np.array_equal(found, truth), (np.count_nonzero(found & ~truth), np.count_nonzero(truth & ~found))
     assert not found[y, x]  # the 2 e-/s pixel is below the threshold
     # Metadata counts add up.
-    assert table.meta["CP_N_PIXELS"] == np.count_nonzero(found)
-    assert table.meta["CP_N_PIXELS_BORDER"] == np.count_nonzero(border)
+    assert table.meta["CPC_N_PIXELS"] == np.count_nonzero(found)
+    assert table.meta["CPC_N_PIXELS_BORDER"] == np.count_nonzero(border)
+
+
+def test_defects_in_ip_isr_layout(latiss):
+    """The defects file is ip_isr's: an empty primary HDU, then a table of
+    int64 x0, y0, width, height with ip_isr's metadata; recorded under
+    obs_base's FitsGenericFormatter."""
+    import astropy.io.fits as fits
+
+    butler = latiss.butler
+    ref = butler.find_dataset("defects", collections="gen/cpDefects", instrument="LATISS", detector=0)
+    assert butler._datastore.getStoredItemsInfo(ref)[0].formatter == (
+        "lsst.obs.base.formatters.fitsGeneric.FitsGenericFormatter"
+    )
+    with fits.open(butler.getURI(ref).ospath) as hdul:
+        assert len(hdul) == 2 and hdul[0].header["NAXIS"] == 0 and len(hdul[0].header) <= 6
+        h = hdul[1].header
+        assert [h[f"TTYPE{i}"] for i in range(1, 5)] == ["x0", "y0", "width", "height"]
+        assert [h[f"TFORM{i}"] for i in range(1, 5)] == ["K"] * 4
+        assert h["OBSTYPE"] == "defects" and h["defects_SCHEMA"] == "" and h["defects_VERSION"] == 2.0
+        assert h["CALIBCLS"] == DEFECTS_CALIBCLS
+        assert (h["INSTRUME"], h["DETECTOR"], h["DET_NAME"], h["RAFTNAME"], h["SLOTNAME"]) == (
+            "LATISS", 0, "RXX_S00", "RXX", "S00")
+        assert h["DET_SER"] and h["CALIBDATE"].startswith(h["CALIB_CREATION_DATE"])
+        # ip_isr's CALIB_ID leaves detector 0 out (a falsy value).
+        calib_id = f"instrument=LATISS raftName=RXX detectorName=RXX_S00 calibDate={h['CALIBDATE']}"
+        assert h["CALIB_ID"] == calib_id
+        assert "CALIB_CREATION_TIME" in h and "FILTER" not in h and "SEQFILE" not in h
+        assert h["LSST BUTLER DATASETTYPE"] == "defects"
+        assert len(hdul[1].data) == len(_read_defects(butler, "gen/cpDefects"))
 
 
 def test_each_source_finds_its_defects(latiss):
@@ -139,8 +174,8 @@ def test_each_source_finds_its_defects(latiss):
     dt = latiss.truth.detector_truth(0)
     kw = dict(collections="gen/cpDefects", instrument="LATISS", detector=0,
               parameters={"strip_astropy_meta_yaml": False})
-    dark = table_to_mask(butler.get("cpDefectsFromDark", **kw))
-    flat = table_to_mask(butler.get("cpDefectsFromFlat", **kw))
+    dark = table_to_mask(butler.get("cpcDefectsFromDark", **kw))
+    flat = table_to_mask(butler.get("cpcDefectsFromFlat", **kw))
     hot = dt.hot_mask & (dt.dark_current >= 3.0)
     # The dark sees the hot pixels only; the flat the cold/bright pixels and columns only.
     assert np.array_equal(dark, hot)
@@ -187,8 +222,9 @@ def test_comcam_defects_pipeline(tmp_path):
         res = run_cp_pipeline(root, "LSSTComCam", name, inputs=inputs, output=f"gen/{name}",
                               exposures=exposures)
         assert res.ok, (name, res.error_summary())
-    table = butler.get("defects", collections="gen/cpDefects", instrument="LSSTComCam", detector=4,
-                       parameters={"strip_astropy_meta_yaml": False})
+    table = _read_defects(butler, "gen/cpDefects", instrument="LSSTComCam", detector=4)
+    calib_id = "instrument=LSSTComCam raftName=R22 detectorName=R22_S11 detector=4 "
+    assert table.meta["CALIB_ID"].startswith(calib_id)
     found = table_to_mask(table)
     dt = truth.detector_truth(4)
     expected = dt.hot_mask | dt.cold_mask | border_mask(found.shape, 5)
@@ -228,7 +264,7 @@ def test_no_data_pixels_are_defects_and_flats_are_ored():
     found = table_to_mask(out)
     assert found[:250, 64:128].all() and found[10, 10] and found[300, 300]
     assert found.sum() == 250 * 64 + 2
-    assert out.meta["CP_N_NO_DATA_PIXELS"] == 250 * 64 + 1 and out.meta["CP_N_DEFECT_PIXELS"] == 1
+    assert out.meta["CPC_N_NO_DATA_PIXELS"] == 250 * 64 + 1 and out.meta["CPC_N_DEFECT_PIXELS"] == 1
     # Merge: border added, sources OR-ed.
     dark_def = mask_to_table(np.zeros((NY, NX), bool))
     dark_def.meta["DET_NY"], dark_def.meta["DET_NX"] = NY, NX

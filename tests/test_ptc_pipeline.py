@@ -39,6 +39,15 @@ import pytest
 from astropy.table import Table
 from conftest import exposure_query, run_cp_pipeline
 from lsst.cpcombined.algorithms.ptc import ptc_model
+from lsst.cpcombined.repo.calib_tables import (
+    PTC_CALIBCLS,
+    PTC_COLUMNS,
+    calib_identity,
+    check_ptc_table,
+    defects_table,
+    ptc_amp_results,
+    read_ptc,
+)
 from lsst.cpcombined.repo.create import create_repo
 from lsst.cpcombined.repo.products import to_masked_image
 from lsst.cpcombined.script.pipetask import pipetask_run_args, run_pipetask
@@ -66,6 +75,13 @@ def _run(root, instrument, spec, *, inputs, output, exposures, config=None):
                              data_query=exposure_query(instrument, exposures), config=config,
                              log_level="WARNING")
     return run_pipetask(args)
+
+
+def _read_ptc(butler, collection, detector=0):
+    """The ptc product read through its URI (``butler.get`` would need ip_isr),
+    and cp_combined's per-amplifier view of it."""
+    ref = butler.find_dataset("ptc", collections=collection, instrument="LATISS", detector=detector)
+    return ptc_amp_results(read_ptc(butler.getURI(ref).ospath))
 
 
 def _gen_bias_dark(root, instrument, cam, n_bias=2, n_dark=1, dark_time=10.0):
@@ -98,7 +114,7 @@ def _put_truth_calibs(butler, truth, detector=0, run="truth/calib"):
     for name, image, unit in (("bias", dt.bias_structure * dt.amp_value(dt.gain), u.electron),
                               ("dark", dt.dark_current, u.electron / u.s)):
         butler.registry.registerDatasetType(
-            DatasetType(name, ("instrument", "detector"), "MaskedImageV2", isCalibration=True,
+            DatasetType(name, ("instrument", "detector"), "ExposureF", isCalibration=True,
                         universe=butler.dimensions))
         butler.put(to_masked_image(image, np.zeros(shape), zeros, unit=unit), name, run=run,
                    instrument=truth.instrument, detector=detector)
@@ -125,7 +141,7 @@ def big(tmp_path_factory):
 
 
 def test_ptc_matches_truth(big):
-    ptc = big.butler.get("ptc", collections="ptc/solve", instrument="LATISS", detector=0)
+    ptc = _read_ptc(big.butler, "ptc/solve")
     assert isinstance(ptc, Table) and len(ptc) == 16
     for col in ("amplifier", "gain", "gain_err", "noise", "noise_err", "a00", "a00_err", "turnoff", "bad",
                 "flags", "reason", "exp_times", "means", "variances", "kept"):
@@ -168,11 +184,75 @@ def test_ptc_matches_truth(big):
     assert not [e for e in big.solve.errors if "bad" in e]
 
 
+def test_ptc_in_ip_isr_layout(big):
+    """The ptc file is ip_isr's version 2.6 PTC table: every column ip_isr
+    reads, with its dtype and per-row shape, then cp_combined's CPC_
+    columns; ip_isr's metadata; recorded under obs_base's
+    FitsGenericFormatter."""
+    import astropy.io.fits as fits
+
+    butler = big.butler
+    ref = butler.find_dataset("ptc", collections="ptc/solve", instrument="LATISS", detector=0)
+    assert butler.get_dataset_type("ptc").storageClass_name == "PhotonTransferCurveDataset"
+    assert butler._datastore.getStoredItemsInfo(ref)[0].formatter == (
+        "lsst.obs.base.formatters.fitsGeneric.FitsGenericFormatter"
+    )
+    path = butler.getURI(ref).ospath
+    table = read_ptc(path)
+    check_ptc_table(table)
+    names = list(PTC_COLUMNS)
+    assert table.colnames[: len(names)] == names
+    assert all(c.startswith("CPC_") for c in table.colnames[len(names):])
+    n, s = len(LEVELS), 11  # 30 pairs, lags 0..10
+    with fits.open(path) as hdul:
+        assert len(hdul) == 2 and hdul[0].header["NAXIS"] == 0
+        h = hdul[1].header
+        forms = {h[f"TTYPE{i}"]: h[f"TFORM{i}"] for i in range(1, h["TFIELDS"] + 1)}
+    expected = {"AMPLIFIER_NAME": "3A", "COV_MATRIX_SIDE": "K", "INPUT_EXP_ID_PAIRS": f"{2 * n}K",
+                "EXP_ID_MASK": f"{n}L", "RAW_MEANS": f"{n}D", "GAIN": "D", "PTC_FIT_PARS": "3D",
+                "A_MATRIX": "64D", "BAD_AMPS": "3A", "NPIXEL_COVARIANCES": "K",
+                "COVARIANCES": f"{n * s * s}D", "COVARIANCES_MODEL": f"{n * 64}D",
+                "COVARIANCES_SQRT_WEIGHTS": f"{n * s * s}D", "FINAL_MEANS": f"{n}D"}
+    assert {k: forms[k] for k in expected} == expected
+    md = table.meta
+    assert (md["OBSTYPE"], md["PTC_VERSION"], md["PTC_FIT_TYPE"], md["CALIBCLS"]) == (
+        "PTC", 2.6, "EXPAPPROXIMATION", PTC_CALIBCLS)
+    assert md["PTC_SCHEMA"] == "Gen3 Photon Transfer Curve"
+    assert (md["INSTRUME"], md["DETECTOR"], md["DET_NAME"], md["RAFTNAME"], md["SLOTNAME"]) == (
+        "LATISS", 0, "RXX_S00", "RXX", "S00")
+    assert md["FILTER"] == md["SEQFILE"] == md["SEQNAME"] == md["SEQCKSUM"] == ""  # unset, as ip_isr writes
+    assert md["CALIB_ID"].startswith("instrument=LATISS raftName=RXX detectorName=RXX_S00 calibDate=")
+    assert md["LSST BUTLER DATASETTYPE"] == "ptc"
+    # Values: the eq. 16 parameters, noise in electrons, NaN for what is not measured.
+    assert list(table["PTC_FIT_TYPE"]) == ["EXPAPPROXIMATION"] * 16 and len(table["BAD_AMPS"][0]) == 0
+    np.testing.assert_array_equal(table["PTC_FIT_PARS"][:, 1], table["GAIN"])
+    n00 = np.asarray(table["PTC_FIT_PARS"])[:, 2]
+    np.testing.assert_allclose(table["NOISE"], np.sqrt(n00 / table["CPC_ROW_NOISE_FACTOR"]))
+    kept = np.asarray(table["EXP_ID_MASK"])
+    assert np.array_equal(np.isfinite(table["FINAL_MEANS"]), kept)
+    final, raw = np.asarray(table["FINAL_MEANS"]), np.asarray(table["RAW_MEANS"])
+    np.testing.assert_array_equal(final[kept], raw[kept])
+    assert np.all(np.isnan(table["ROW_MEAN_VARIANCE"])) and np.all(np.isnan(table["PTC_ROLLOFF"]))
+    assert np.all(np.isnan(table["A_MATRIX"]))  # no full-covariance fit by default
+    np.testing.assert_array_equal(table["GAIN_UNADJUSTED"], table["GAIN"])
+    assert np.all(np.isfinite(table["INPUT_EXP_PAIR_MJD_START"]))
+    pairs = np.asarray(table["INPUT_EXP_ID_PAIRS"])
+    assert pairs.shape == (16, n, 2) and np.all(pairs[:, :, 1] > pairs[:, :, 0])
+    # Overscan level of the simulated raws (ADU) and its spread over the kept pairs.
+    assert np.all(np.isfinite(table["OVERSCAN_MEDIAN"])) and np.all(table["OVERSCAN_MEDIAN_SIGMA"] >= 0)
+    # cp_pipe's covariance weights: 1/sqrt(Var(C00)) = sqrt(n/2)/C00 at lag 0.
+    cov = np.asarray(table["COVARIANCES"]).reshape(16, n, s, s)
+    w = np.asarray(table["COVARIANCES_SQRT_WEIGHTS"]).reshape(16, n, s, s)
+    npairs = np.asarray(table["CPC_COV_NPAIRS"]).reshape(16, n, s, s)
+    np.testing.assert_allclose(w[:, :, 0, 0], np.sqrt(npairs[:, :, 0, 0] / 2) / cov[:, :, 0, 0], rtol=1e-12)
+    np.testing.assert_allclose(w[:, :, 1, 0], np.sqrt(npairs[:, :, 1, 0]) / cov[:, :, 0, 0], rtol=1e-12)
+
+
 def test_dead_column_left_out(big):
     """The simulated dead column (response 0.05, 1000 pixels of C00) would
     lower C00's variances by its 0.4 % of the pixels and bias its gain high by
     as much; the fixed-pattern cut on the pairs' mean images leaves it out."""
-    table = big.butler.get("cpPtcExtract", collections="ptc/extract", instrument="LATISS", detector=0)
+    table = big.butler.get("cpcPtcExtract", collections="ptc/extract", instrument="LATISS", detector=0)
     dt = big.truth.detector_truth(0)
     assert np.count_nonzero(dt.cold_mask[:1000, :254]) >= 1000  # C00 holds the dead column
     sub = table[(table["amplifier"] == "C00") & (table["mean"] * dt.gain["C00"] > 20e3)]
@@ -183,7 +263,7 @@ def test_dead_column_left_out(big):
 
 def test_quick_gain_from_flat_pairs(big):
     """The #gainFromFlatPairs subset alone: per-amp gains from the pairs."""
-    table = big.butler.get("cpPtcExtract", collections="ptc/extract", instrument="LATISS", detector=0)
+    table = big.butler.get("cpcPtcExtract", collections="ptc/extract", instrument="LATISS", detector=0)
     assert len(table) == 16 * len(LEVELS)
     # The subset wrote no ptc.
     assert not _has(big.butler, "ptc", "ptc/extract")
@@ -211,21 +291,21 @@ def test_quick_gain_from_flat_pairs(big):
 
 def test_full_covariance_option(big):
     """The eq. 20 fit (off by default: ~2 s per amplifier) on two amplifiers."""
-    table = big.butler.get("cpPtcExtract", collections="ptc/extract", instrument="LATISS", detector=0)
+    table = big.butler.get("cpcPtcExtract", collections="ptc/extract", instrument="LATISS", detector=0)
     sub = table[np.isin(table["amplifier"], ["C10", "C05"])]
     cfg = CpPtcSolveConfig()
     cfg.doFullCovariance = True
-    out = CpPtcSolveTask(config=cfg).run(sub, instrument="LATISS", detector=0).outputPtc
+    out = ptc_amp_results(CpPtcSolveTask(config=cfg).run(sub, instrument="LATISS", detector=0).outputPtc)
     dt = big.truth.detector_truth(0)
     for row in out:
         g = dt.gain[row["amplifier"]]
         assert not row["fullcov_bad"], row["fullcov_flags"]
         assert abs(row["fullcov_gain"] / g - 1) < 5 * row["fullcov_gain_err"] / g + 1e-3
         assert row["fullcov_gain_err"] / g < 0.004
-        assert row["fullcov_a"][0, 0] == pytest.approx(A00, rel=0.15)
+        assert row["a_matrix"][0, 0] == pytest.approx(A00, rel=0.15)
         # Nearest-neighbour charge redistribution: positive a10, a01, and |a00| = sum of the others
         # (charge conservation) within errors.
-        a = row["fullcov_a"]
+        a = row["a_matrix"]
         assert a[1, 0] > 0 and a[0, 1] > 0
         assert 0.7 < (2 * a[1, 0] + 2 * a[0, 1]) / -a[0, 0] < 1.3
         assert 0.9 < row["fullcov_chi2_dof"] < 1.3
@@ -276,7 +356,7 @@ def test_pipeline_with_an_odd_flat(small):
                           exposures=small.ramp + [small.odd])
     assert res.ok, res.error_summary()
     assert any(str(small.odd) in w and "ignored" in w for w in res.warnings), res.warnings
-    ptc = small.butler.get("ptc", collections="ptc/odd", instrument="LATISS", detector=0)
+    ptc = _read_ptc(small.butler, "ptc/odd")
     dt = small.truth.detector_truth(0)
     assert len(ptc) == 16
     for row in ptc:
@@ -302,13 +382,16 @@ def test_defects_are_masked(small):
     run = "truth/defects"
     small.butler.registry.registerRun(run)
     small.butler.registry.registerDatasetType(DatasetType(
-        "defects", ("instrument", "detector"), "ArrowAstropy", isCalibration=True,
+        "defects", ("instrument", "detector"), "Defects", isCalibration=True,
         universe=small.butler.dimensions))
-    small.butler.put(mask_to_table(defect_mask), "defects", run=run, instrument="LATISS", detector=0)
+    identity = calib_identity("defects", schema="", version=2.0, calibcls="lsst.ip.isr.defects.Defects",
+                              instrument="LATISS", detector=0, detector_name="RXX_S00")
+    small.butler.put(defects_table(mask_to_table(defect_mask), identity), "defects", run=run,
+                     instrument="LATISS", detector=0)
     res = run_cp_pipeline(small.root, "LATISS", "cpPtc", inputs=small.inputs + [run], output="ptc/defects",
                           exposures=small.ramp, config={"cpPtcExtract:fixedPatternNSigma": 0})
     assert res.ok, res.error_summary()
-    table = small.butler.get("cpPtcExtract", collections="ptc/defects", instrument="LATISS", detector=0)
+    table = small.butler.get("cpcPtcExtract", collections="ptc/defects", instrument="LATISS", detector=0)
     assert np.all(table["n_fixed_pattern"] == 0)
     for amp, (ys, xs) in amp_regions(small.truth.layout).items():
         inner = defect_mask[ys, xs][20:-20, 20:-20]
@@ -323,7 +406,7 @@ def test_amp_saturated_everywhere_is_flagged(small):
     res = run_cp_pipeline(small.root, "LATISS", "cpPtc", inputs=small.inputs, output="ptc/sat",
                           exposures=small.sat_ramp)
     assert res.ok, res.error_summary()
-    ptc = small.butler.get("ptc", collections="ptc/sat", instrument="LATISS", detector=0)
+    ptc = _read_ptc(small.butler, "ptc/sat")
     bad = {row["amplifier"]: row for row in ptc if row["bad"]}
     assert set(bad) == {"C03"}
     row = bad["C03"]
@@ -341,7 +424,7 @@ def test_mismatched_filter_is_an_error(small):
     summary = res.error_summary()
     assert "mixes filters" in summary and str(small.r_flat) in summary and str(small.g_flat) in summary
     assert "SDSSg_65mm~empty" in summary
-    assert not _has(small.butler, "cpPtcExtract", "ptc/filter")
+    assert not _has(small.butler, "cpcPtcExtract", "ptc/filter")
     assert not _has(small.butler, "ptc", "ptc/filter")
 
 
@@ -352,7 +435,7 @@ def test_too_few_pairs_is_an_error(small):
     assert "only 1 measured flat pair" in res.error_summary(), res.error_summary()
     assert any(str(small.lone) in w and "ignored" in w for w in res.warnings)
     # The measurements are kept (extraction succeeded); no ptc is written.
-    assert _has(small.butler, "cpPtcExtract", "ptc/few") and not _has(small.butler, "ptc", "ptc/few")
+    assert _has(small.butler, "cpcPtcExtract", "ptc/few") and not _has(small.butler, "ptc", "ptc/few")
     res = run_cp_pipeline(small.root, "LATISS", "cpPtc", inputs=small.inputs, output="ptc/none",
                           exposures=[small.lone])
     assert not res.ok and "no flat pair" in res.error_summary()
@@ -363,7 +446,7 @@ def test_all_amps_bad_is_written_with_an_error(small):
                           exposures=small.past_fw)
     assert res.ok, res.error_summary()
     assert any("Every amplifier" in e for e in res.errors), res.errors
-    ptc = small.butler.get("ptc", collections="ptc/pastfw", instrument="LATISS", detector=0)
+    ptc = _read_ptc(small.butler, "ptc/pastfw")
     assert np.all(ptc["bad"]) and all(ptc["reason"])
     assert all("saturated everywhere" in r for r in ptc["reason"])
     assert np.all(np.isnan(ptc["gain"])) and np.all(np.isnan(ptc["noise"]))

@@ -1,10 +1,36 @@
-"""Butler formatters of cp_combined (besides the raw formatter)."""
+"""Butler formatters of cp_combined (besides the raw formatter).
+
+Products shared with the Science Pipelines are written in their layouts by
+formatters that record, in the datastore, the Science Pipelines formatter
+that reads the layout (`name`), so ``butler.get`` with the Science Pipelines
+set up reads them as cp_pipe's:
+
+* `CalibExposureFormatter` (``bias``, ``dark``, ``flat``): an
+  `lsst.images.MaskedImage` as an afw Exposure FITS file
+  (`lsst.cpcombined.repo.exposure_fits`), recorded as obs_base's
+  ``FitsExposureFormatter``;
+* `DefectsFormatter` and `PtcFormatter` (``defects``, ``ptc``): an
+  `astropy.table.Table` in ip_isr's layout
+  (`lsst.cpcombined.repo.calib_tables`), recorded as obs_base's
+  ``FitsGenericFormatter``.
+
+Given an object that is not the package's (an afw ``Exposure`` or an ip_isr
+calibration: a Science Pipelines task writing the same dataset type while
+cp_combined's butler configuration is active) they hand it, unchanged, to
+that Science Pipelines formatter, constructed with the same arguments.
+
+The ISR intermediates (``cpc*Proc``) use `ProcImageFormatter`, a plain
+three-HDU masked image read in row blocks by the combine engine.
+"""
 
 from __future__ import annotations
 
 __all__ = (
+    "CalibExposureFormatter",
+    "CalibTableFormatter",
+    "DefectsFormatter",
     "ProcImageFormatter",
-    "UncompressedImageFormatter",
+    "PtcFormatter",
     "read_proc_components",
     "read_proc_image",
     "write_proc_image",
@@ -13,42 +39,240 @@ __all__ = (
 import functools
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import astropy.io.fits as fits
 import astropy.units as u
 import numpy as np
+from astropy.table import Table
 
 from lsst.daf.butler import DatasetProvenance, FormatterV2
 from lsst.images import Box, Image, Mask, MaskedImage
-from lsst.images.formatters import GenericFormatter
 from lsst.resources import ResourcePath
+from lsst.utils import doImportType
 
 from ..algorithms.masks import BIT, MASK_SCHEMA, PLANES, from_mask
-
-#: Planes written without compression.  The mask (written as int32 for afw
-#: compatibility) would compress well, but GZIP costs ~0.4 s per full-size
-#: write and every row block the combine engine reads decompresses tiles
-#: again: ISR outputs are read in blocks, so speed wins over ~65 MB of disk.
-_UNCOMPRESSED_PLANES = ("image", "mask", "variance")
+from .calib_tables import (
+    DEFECT_COLUMNS,
+    DEFECTS_CALIBCLS,
+    check_ptc_table,
+    defects_table,
+    read_defects,
+    read_ptc,
+    write_calib_table,
+)
+from .exposure_fits import COMPRESSIONS, read_exposure_fits, write_exposure_fits
 
 #: Value of the ``CPFORMAT`` primary-header card of `ProcImageFormatter` files.
 PROC_FORMAT = "cp_combined MaskedImage v1"
 
+#: Extensions the obs_base FITS formatters accept.
+_FITS_EXTENSIONS = frozenset({".fits", ".fits.gz", ".fits.fz", ".fz", ".fit"})
 
-class UncompressedImageFormatter(GenericFormatter):
-    """`lsst.images` formatter that writes FITS without tile compression.
 
-    Lossless GZIP compression of floating-point noise costs ~4 s per
-    full-size detector to write and as much to read back, for little size
-    gain; calibrations are read by every ISR quantum, so cp_combined writes
-    them uncompressed (~195 MB per full-size detector).  Reading is
-    unchanged.
+def _provenance_cards(formatter: FormatterV2, provenance: DatasetProvenance | None) -> dict[str, Any]:
+    """``LSST BUTLER ...`` cards of a put (as obs_base's formatters add)."""
+    provenance = provenance if provenance is not None else DatasetProvenance()
+    return provenance.to_flat_dict(
+        formatter.dataset_ref, prefix="LSST BUTLER", sep=" ", simple_types=True, max_inputs=3_000
+    )
+
+
+# ---------------------------------------------------------------------------
+# Products in the Science Pipelines' layouts
+# ---------------------------------------------------------------------------
+
+
+class _UpstreamLayoutFormatter(FormatterV2):
+    """A formatter writing the package's objects in a Science Pipelines
+    layout and delegating other objects to the Science Pipelines formatter
+    named by `upstream`, which is also what `name` returns (and so what the
+    datastore records)."""
+
+    #: Full name of the Science Pipelines formatter that reads the layout.
+    upstream: ClassVar[str]
+    default_extension: ClassVar[str] = ".fits"
+    supported_extensions: ClassVar[frozenset[str]] = _FITS_EXTENSIONS
+    can_read_from_local_file: ClassVar[bool] = True
+
+    def __init__(self, file_descriptor: Any, *, ref: Any, **kwargs: Any) -> None:
+        self._init_args = (file_descriptor, ref, dict(kwargs))
+        self._butler_provenance: DatasetProvenance | None = None
+        super().__init__(file_descriptor, ref=ref, **kwargs)
+
+    @classmethod
+    def name(cls) -> str:
+        """The Science Pipelines formatter that reads this layout (recorded
+        by the datastore)."""
+        return cls.upstream
+
+    def is_ours(self, in_memory_dataset: Any) -> bool:
+        """Whether the object is one the package writes itself."""
+        raise NotImplementedError
+
+    def can_accept(self, in_memory_dataset: Any) -> bool:
+        # Our objects need no conversion; anything else goes through the
+        # storage class as it would for the Science Pipelines formatter.
+        return self.is_ours(in_memory_dataset)
+
+    def upstream_formatter(self) -> FormatterV2:
+        """The Science Pipelines formatter, constructed with this
+        formatter's arguments (imported on first use)."""
+        file_descriptor, ref, kwargs = self._init_args
+        cls = doImportType(self.upstream)
+        return cls(file_descriptor, ref=ref, **kwargs)
+
+    def write(self, in_memory_dataset: Any, /, **kwargs: Any) -> None:
+        if not self.is_ours(in_memory_dataset):
+            self.upstream_formatter().write(in_memory_dataset, **kwargs)
+            return
+        super().write(in_memory_dataset, **kwargs)
+
+    def add_provenance(
+        self, in_memory_dataset: Any, /, *, provenance: DatasetProvenance | None = None
+    ) -> Any:
+        self._butler_provenance = provenance
+        return in_memory_dataset
+
+
+class CalibExposureFormatter(_UpstreamLayoutFormatter):
+    """``bias``, ``dark`` and ``flat``: an `lsst.images.MaskedImage` written
+    as an archive-free afw Exposure FITS file
+    (`~lsst.cpcombined.repo.exposure_fits.write_exposure_fits`), butler
+    provenance cards in the primary header.
+
+    Uncompressed unless the ``recipe`` write parameter names a recipe (in
+    the ``write_recipes`` of this class, obs_base's format) whose planes use
+    a lossless `~lsst.cpcombined.repo.exposure_fits.COMPRESSIONS`
+    algorithm.  Recipes are passed on unchanged when delegating.
     """
 
-    def _get_compression_options(self) -> dict[str, Any]:
-        return dict.fromkeys(_UNCOMPRESSED_PLANES)
+    upstream: ClassVar[str] = "lsst.obs.base.formatters.fitsExposure.FitsExposureFormatter"
+    supported_write_parameters: ClassVar[frozenset[str]] = frozenset({"recipe"})
+
+    def is_ours(self, in_memory_dataset: Any) -> bool:
+        return isinstance(in_memory_dataset, MaskedImage)
+
+    @classmethod
+    def validate_write_recipes(cls, recipes: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        if not recipes:
+            return recipes
+        for name, recipe in recipes.items():
+            if recipe is not None and not isinstance(recipe, Mapping):
+                raise RuntimeError(f"write recipe {name!r} must map image/mask/variance to options or null")
+        return recipes
+
+    def _compression(self) -> str | None:
+        name = (self.write_parameters or {}).get("recipe")
+        if name is None:
+            return None
+        if name not in self.write_recipes:
+            raise ValueError(f"unknown write recipe {name!r} (known: {sorted(self.write_recipes)})")
+        recipe = self.write_recipes[name] or {}
+        algorithms = set()
+        for plane in ("image", "mask", "variance"):
+            options = recipe.get(plane)
+            if options is None:
+                algorithms.add(None)
+                continue
+            if options.get("quantization"):
+                raise ValueError(f"write recipe {name!r} quantizes {plane}: cp_combined writes lossless only")
+            algorithms.add(options.get("algorithm", "GZIP_2"))
+        if len(algorithms) != 1 or not (algorithms <= {None, *COMPRESSIONS}):
+            raise ValueError(
+                f"write recipe {name!r} uses {sorted(map(str, algorithms))}: cp_combined compresses the "
+                f"three planes alike with one of {COMPRESSIONS}, or not at all"
+            )
+        return algorithms.pop()
+
+    def write_local_file(self, in_memory_dataset: Any, uri: ResourcePath) -> None:
+        write_exposure_fits(
+            in_memory_dataset,
+            uri.ospath,
+            metadata=_provenance_cards(self, self._butler_provenance),
+            compression=self._compression(),
+        )
+
+    def read_from_local_file(self, path: str, component: str | None = None, expected_size: int = -1) -> Any:
+        mi = read_exposure_fits(path)
+        if component is None:
+            return mi
+        if component in ("image", "variance"):
+            return getattr(mi, component)
+        if component == "mask":
+            return mi.mask
+        if component == "metadata":
+            return dict(mi.metadata)
+        if component == "bbox":
+            return mi.bbox
+        raise ValueError(f"component {component!r} is not read by {type(self).__name__}")
+
+
+class CalibTableFormatter(_UpstreamLayoutFormatter):
+    """An `astropy.table.Table` in an ip_isr calibration layout
+    (`~lsst.cpcombined.repo.calib_tables.write_calib_table`), butler
+    provenance cards in the table header."""
+
+    upstream: ClassVar[str] = "lsst.obs.base.formatters.fitsGeneric.FitsGenericFormatter"
+
+    def is_ours(self, in_memory_dataset: Any) -> bool:
+        return isinstance(in_memory_dataset, Table)
+
+    def conform(self, table: Table) -> Table:
+        """The table to write in the layout; raise `ValueError` if it
+        cannot be."""
+        return table
+
+    def write_local_file(self, in_memory_dataset: Any, uri: ResourcePath) -> None:
+        table = self.conform(in_memory_dataset)
+        write_calib_table(table, uri.ospath, _provenance_cards(self, self._butler_provenance))
+
+
+class DefectsFormatter(CalibTableFormatter):
+    """``defects``: ip_isr's defects table (columns ``x0, y0, width,
+    height``; see `lsst.cpcombined.repo.calib_tables`).
+
+    A table of boxes without ip_isr's metadata (e.g. written by hand) gets
+    the keys ip_isr needs (``OBSTYPE``, schema and version, ``CALIBCLS``,
+    ``INSTRUME``, ``DETECTOR``, from the data ID); a table with other
+    columns is refused.
+    """
+
+    def conform(self, table: Table) -> Table:
+        if set(table.colnames) != set(DEFECT_COLUMNS):
+            raise ValueError(
+                f"not an ip_isr defects table: columns {table.colnames}, expected {list(DEFECT_COLUMNS)} "
+                "(build it with lsst.cpcombined.repo.calib_tables.defects_table)"
+            )
+        if table.meta.get("OBSTYPE", "defects") != "defects":
+            raise ValueError(f"not an ip_isr defects table: OBSTYPE is {table.meta['OBSTYPE']!r}")
+        data_id = self.dataset_ref.dataId
+        meta = {
+            "OBSTYPE": "defects",
+            "defects_SCHEMA": "",
+            "defects_VERSION": 2.0,
+            "CALIBCLS": DEFECTS_CALIBCLS,
+            "INSTRUME": data_id.get("instrument"),
+            "DETECTOR": data_id.get("detector"),
+        }
+        meta.update(table.meta)
+        return defects_table(table, {k: v for k, v in meta.items() if v is not None})
+
+    def read_from_local_file(self, path: str, component: str | None = None, expected_size: int = -1) -> Any:
+        return read_defects(path)
+
+
+class PtcFormatter(CalibTableFormatter):
+    """``ptc``: ip_isr's PTC table, version 2.6 (see
+    `lsst.cpcombined.repo.calib_tables`); any other table is refused."""
+
+    def conform(self, table: Table) -> Table:
+        check_ptc_table(table)
+        return table
+
+    def read_from_local_file(self, path: str, component: str | None = None, expected_size: int = -1) -> Any:
+        return read_ptc(path)
 
 
 # ---------------------------------------------------------------------------

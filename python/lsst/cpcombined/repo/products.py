@@ -1,37 +1,64 @@
 """Conversions between the algorithms' numpy arrays and the butler products
-(`lsst.images.MaskedImage` with scalar metadata), and the provenance
-metadata every combined calibration carries.
+(`lsst.images.MaskedImage` with scalar metadata), the metadata every
+combined calibration carries, and reading calibrations in tasks.
 
-Metadata values of `lsst.images` objects are scalars, so lists are stored
-as numbered keys: ``CP_INPUT_000_EXPOSURE``, ``CP_INPUT_000_DATE``,
-``CP_INPUT_000_EXPTIME``, ``CP_INPUT_000_SCALE``... and per-amp percentiles
-as ``CP_PCT_C10_P050``.  `read_input_provenance` and `read_percentiles`
-turn them back into structures.
+Combined biases, darks and flats carry cp_pipe's header conventions (see
+`calib_exposure_metadata`, `write_input_provenance`, `write_percentiles`):
+
+* ``OBSTYPE`` (``bias``, ``dark``, ``flat``), ``INSTRUME``, ``DETECTOR``,
+  ``DET_NAME``, ``DET_SER`` (and ``FILTER`` on flats);
+* ``CALIB_CREATION_DATETIME`` (UTC), ``CALIB_CREATION_DATE`` and
+  ``CALIB_CREATION_TIME`` (local time), which the Science Pipelines' ISR
+  reads for its provenance;
+* ``LSST ISR UNITS`` (``electron``), ``EXPTIME`` = ``DARKTIME`` = 0 for a
+  bias and 1 for a dark (electrons per second) and a flat, ``FLATSRC`` on
+  flats;
+* ``TIMESYS`` = TAI and ``DATE-OBS``/``DATE-BEG``/``DATE-END``/``DATE-AVG``
+  with their ``MJD-*``, spanning the inputs;
+* per input ``i`` (from 0): ``CPP_INPUT_<i>`` (exposure id),
+  ``CPP_INPUT_DATE_<i>`` (TAI mid-exposure), ``CPP_INPUT_EXPT_<i>``
+  (exposure time), ``CPP_INPUT_SCALE_<i>`` (factor the input was divided
+  by), plus cp_combined's ``CPC_INPUT_OBSID_<i>`` and
+  ``CPC_INPUT_DARKTIME_<i>``;
+* per amplifier ``LSST CALIB <TYPE> <amp> DISTRIBUTION <pct>-PCT`` (pct
+  ``0.0`` .. ``100.0``) and ``LSST CALIB <TYPE> <amp> BADPIX-NUM``;
+* cp_combined's combination settings as ``CPC_*`` keys.
+
+`read_input_provenance` and `read_percentiles` turn them back into
+structures (for cp_pipe's products too, without the ``CPC_`` extras).
 """
 
 from __future__ import annotations
 
 __all__ = (
+    "CALIBRATION_READERS",
     "PERCENTILES",
     "ButlerBlockSource",
-    "get_inputs_caching_calibrations",
     "amp_percentiles",
-    "calib_metadata",
+    "calib_exposure_metadata",
+    "creation_metadata",
     "from_masked_image",
+    "get_inputs_caching_calibrations",
+    "input_date_metadata",
+    "read_calibration",
     "read_header",
     "read_input_provenance",
     "read_percentiles",
     "to_masked_image",
+    "write_bad_pixel_counts",
     "write_input_provenance",
     "write_percentiles",
 )
 
 import collections
 import datetime
+import math
+import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import astropy.time
 import astropy.units as u
 import numpy as np
 
@@ -39,11 +66,22 @@ from lsst.images import Box, Image, MaskedImage
 
 from ..algorithms.combine import BlockSource, SourceBlock
 from ..algorithms.masks import bits, from_mask, to_mask
+from .calib_tables import read_defects, read_ptc
+from .exposure_fits import read_exposure_fits
+from .files import read_dataset_file
 
 #: Percentiles recorded per amplifier in every combined calibration.
-PERCENTILES: tuple[int, ...] = (0, 5, 16, 50, 84, 95, 100)
+PERCENTILES: tuple[float, ...] = (0.0, 5.0, 16.0, 50.0, 84.0, 95.0, 100.0)
 
-_INPUT_KEYS = ("EXPOSURE", "OBSID", "DATE", "EXPTIME", "DARKTIME", "SCALE")
+#: How a task reads each calibration connection's file (see
+#: `get_inputs_caching_calibrations`).
+CALIBRATION_READERS: dict[str, Callable[[str], Any]] = {
+    "bias": read_exposure_fits,
+    "dark": read_exposure_fits,
+    "flat": read_exposure_fits,
+    "defects": read_defects,
+    "ptc": read_ptc,
+}
 
 
 def to_masked_image(
@@ -78,23 +116,168 @@ def from_masked_image(mi: MaskedImage) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return mi.image.array, mi.variance.array, from_mask(mi.mask)
 
 
+# ---------------------------------------------------------------------------
+# metadata of combined calibrations
+# ---------------------------------------------------------------------------
+
+
+def creation_metadata(now: datetime.datetime | None = None) -> dict[str, str]:
+    """cp_pipe's creation keys: ``CALIB_CREATION_DATETIME`` (UTC,
+    ``YYYY-MM-DDThh:mm:ss``), ``CALIB_CREATION_DATE`` (local date) and
+    ``CALIB_CREATION_TIME`` (local ``%X %Z``)."""
+    now = (now or datetime.datetime.now(datetime.UTC)).astimezone(datetime.UTC)
+    local = now.astimezone()
+    return {
+        "CALIB_CREATION_DATETIME": now.strftime("%Y-%m-%dT%H:%M:%S"),
+        "CALIB_CREATION_DATE": local.strftime("%Y-%m-%d"),
+        "CALIB_CREATION_TIME": local.strftime("%X %Z"),
+    }
+
+
+def calib_exposure_metadata(
+    calib_type: str,
+    *,
+    instrument: str,
+    detector: int,
+    detector_name: str,
+    detector_serial: str | None = None,
+    physical_filter: str | None = None,
+    units: str = "electron",
+    flat_source: str | None = None,
+    now: datetime.datetime | None = None,
+) -> dict[str, Any]:
+    """Identity, creation, unit and time keys of a combined bias, dark or
+    flat (cp_pipe's conventions; see the module documentation).
+
+    Parameters
+    ----------
+    calib_type
+        ``bias``, ``dark`` or ``flat`` (``OBSTYPE``).
+    instrument, detector, detector_name, detector_serial, physical_filter
+        Identity (``INSTRUME``, ``DETECTOR``, ``DET_NAME``, ``DET_SER``,
+        ``FILTER``).
+    units
+        ``LSST ISR UNITS``: units of the ISR-processed inputs (``electron``
+        or ``adu``).
+    flat_source
+        ``FLATSRC`` of a flat (``DOME``, ``TWILIGHT``...).
+    now
+        Creation time (default now).
+    """
+    md: dict[str, Any] = {
+        "OBSTYPE": calib_type,
+        "INSTRUME": instrument,
+        "DETECTOR": int(detector),
+        "DET_NAME": detector_name,
+    }
+    if detector_serial:
+        md["DET_SER"] = detector_serial
+    if physical_filter is not None:
+        md["FILTER"] = physical_filter
+    md.update(creation_metadata(now))
+    md["LSST ISR UNITS"] = units
+    # VisitInfo keys of cp_pipe's products: a bias has no exposure time, a
+    # dark is per second of dark time, a flat is per unit of exposure.
+    md["EXPTIME"] = md["DARKTIME"] = 0.0 if calib_type == "bias" else 1.0
+    if calib_type == "flat":
+        md["FLATSRC"] = flat_source or "UNKNOWN"
+    return md
+
+
+def _time(value: Any, timesys: str | None) -> astropy.time.Time | None:
+    if value is None or value == "":
+        return None
+    scale = "utc" if str(timesys or "TAI").strip().upper() == "UTC" else "tai"
+    try:
+        return astropy.time.Time(str(value), format="isot", scale=scale).tai
+    except ValueError:
+        return None
+
+
+def input_date_metadata(inputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``TIMESYS`` (TAI) and ``DATE-``/``MJD-`` ``OBS``, ``BEG``, ``END``,
+    ``AVG`` spanning the inputs: from the earliest start to the latest
+    start plus its exposure time.
+
+    Parameters
+    ----------
+    inputs
+        Per input: ``date`` (start, ISO), ``timesys`` (``TAI`` by default)
+        and ``exptime`` (s).
+
+    Returns
+    -------
+    cards
+        Empty if no input has a date.
+    """
+    spans = []
+    for item in inputs:
+        begin = _time(item.get("date"), item.get("timesys"))
+        if begin is None:
+            continue
+        exptime = float(item.get("exptime") or 0.0)
+        spans.append((begin, begin + exptime * u.s if math.isfinite(exptime) else begin))
+    if not spans:
+        return {}
+    begin = min(b for b, _ in spans)
+    end = max(e for _, e in spans)
+    avg = begin + (end - begin) / 2
+    cards: dict[str, Any] = {"TIMESYS": "TAI"}
+    for fragment, date in (("OBS", begin), ("BEG", begin), ("END", end), ("AVG", avg)):
+        cards[f"DATE-{fragment}"] = date.tai.isot
+        cards[f"MJD-{fragment}"] = float(date.tai.mjd)
+    return cards
+
+
+def _scalar(value: Any) -> Any:
+    return value.item() if isinstance(value, (np.floating, np.integer, np.bool_)) else value
+
+
 def write_input_provenance(metadata: dict[str, Any], inputs: Sequence[Mapping[str, Any]]) -> None:
-    """Record each input's exposure id, obs id, date, exposure time, dark
-    time and scale factor in ``metadata`` (numbered keys)."""
-    metadata["CP_NINPUTS"] = len(inputs)
+    """Record the inputs of a combined calibration, as cp_pipe does.
+
+    Parameters
+    ----------
+    metadata
+        Updated in place.
+    inputs
+        Per input: ``exposure``, ``date`` (start, ISO; ``timesys``),
+        ``exptime``, ``darktime``, ``scale``, ``obsid``.
+    """
     for i, item in enumerate(inputs):
-        for key in _INPUT_KEYS:
-            value = item.get(key.lower())
-            if isinstance(value, (np.floating, np.integer)):
-                value = value.item()
-            metadata[f"CP_INPUT_{i:03d}_{key}"] = value
+        metadata[f"CPP_INPUT_{i}"] = _scalar(item.get("exposure"))
+        begin = _time(item.get("date"), item.get("timesys"))
+        exptime = _scalar(item.get("exptime"))
+        if begin is not None:
+            half = 0.5 * float(exptime) if exptime is not None and math.isfinite(float(exptime)) else 0.0
+            metadata[f"CPP_INPUT_DATE_{i}"] = (begin + half * u.s).tai.to_value("fits")
+        metadata[f"CPP_INPUT_EXPT_{i}"] = exptime
+        metadata[f"CPP_INPUT_SCALE_{i}"] = _scalar(item.get("scale"))
+        metadata[f"CPC_INPUT_OBSID_{i}"] = item.get("obsid")
+        metadata[f"CPC_INPUT_DARKTIME_{i}"] = _scalar(item.get("darktime"))
 
 
 def read_input_provenance(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Inverse of `write_input_provenance`."""
-    n = int(metadata.get("CP_NINPUTS", 0))
+    """The inputs of a combined calibration (cp_pipe's or cp_combined's).
+
+    Returns
+    -------
+    inputs
+        In input order: ``exposure``, ``date`` (TAI mid-exposure),
+        ``exptime``, ``scale``, and (cp_combined's products; `None`
+        otherwise) ``obsid``, ``darktime``.
+    """
+    indices = sorted(int(m.group(1)) for key in metadata if (m := re.fullmatch(r"CPP_INPUT_(\d+)", key)))
     return [
-        {key.lower(): metadata.get(f"CP_INPUT_{i:03d}_{key}") for key in _INPUT_KEYS} for i in range(n)
+        {
+            "exposure": metadata.get(f"CPP_INPUT_{i}"),
+            "obsid": metadata.get(f"CPC_INPUT_OBSID_{i}"),
+            "date": metadata.get(f"CPP_INPUT_DATE_{i}"),
+            "exptime": metadata.get(f"CPP_INPUT_EXPT_{i}"),
+            "darktime": metadata.get(f"CPC_INPUT_DARKTIME_{i}"),
+            "scale": metadata.get(f"CPP_INPUT_SCALE_{i}"),
+        }
+        for i in indices
     ]
 
 
@@ -104,7 +287,8 @@ def amp_percentiles(
     regions: Mapping[str, tuple[slice, slice]],
     bad_bits: int | None = None,
 ) -> dict[str, list[float]]:
-    """Percentiles `PERCENTILES` of the good pixels of each amplifier."""
+    """Percentiles `PERCENTILES` of the good, finite pixels of each
+    amplifier (NaN for an amplifier without any)."""
     bad = bits("BAD", "NO_DATA") if bad_bits is None else bad_bits
     out: dict[str, list[float]] = {}
     for amp, (ys, xs) in regions.items():
@@ -116,47 +300,40 @@ def amp_percentiles(
     return out
 
 
-def write_percentiles(metadata: dict[str, Any], percentiles: Mapping[str, Sequence[float]]) -> None:
-    """Store per-amp percentiles as ``CP_PCT_<amp>_P<nnn>`` keys."""
+def write_percentiles(
+    metadata: dict[str, Any], calib_type: str, percentiles: Mapping[str, Sequence[float]]
+) -> None:
+    """Store per-amp percentiles as cp_pipe's
+    ``LSST CALIB <TYPE> <amp> DISTRIBUTION <pct>-PCT`` keys."""
     for amp, values in percentiles.items():
-        for p, v in zip(PERCENTILES, values):
-            metadata[f"CP_PCT_{amp}_P{p:03d}"] = float(v)
+        for p, v in zip(PERCENTILES, values, strict=True):
+            metadata[f"LSST CALIB {calib_type.upper()} {amp} DISTRIBUTION {float(p)}-PCT"] = float(v)
 
 
-def read_percentiles(metadata: Mapping[str, Any]) -> dict[str, dict[int, float]]:
-    """Inverse of `write_percentiles`: ``{amp: {percentile: value}}``."""
-    out: dict[str, dict[int, float]] = {}
+def write_bad_pixel_counts(metadata: dict[str, Any], calib_type: str, counts: Mapping[str, int]) -> None:
+    """Store per-amp counts of ``BAD`` pixels as cp_pipe's
+    ``LSST CALIB <TYPE> <amp> BADPIX-NUM`` keys."""
+    for amp, n in counts.items():
+        metadata[f"LSST CALIB {calib_type.upper()} {amp} BADPIX-NUM"] = int(n)
+
+
+_PERCENTILE_KEY = re.compile(r"LSST CALIB (\S+) (\S+) DISTRIBUTION ([0-9.]+)-PCT")
+
+
+def read_percentiles(metadata: Mapping[str, Any]) -> dict[str, dict[float, float]]:
+    """Per-amp percentiles of a combined calibration (cp_pipe's
+    ``DISTRIBUTION`` keys): ``{amp: {percentile: value}}``; integral
+    percentiles are `int` keys (``0``, ``50``, ``100``)."""
+    out: dict[str, dict[float, float]] = {}
     for key, value in metadata.items():
-        if key.startswith("CP_PCT_"):
-            amp, p = key.removeprefix("CP_PCT_").rsplit("_P", 1)
-            out.setdefault(amp, {})[int(p)] = value
+        m = _PERCENTILE_KEY.fullmatch(key)
+        if m is None:
+            continue
+        pct = float(m.group(3))
+        out.setdefault(m.group(2), {})[int(pct) if pct.is_integer() else pct] = (
+            float("nan") if value is None else float(value)
+        )
     return out
-
-
-def calib_metadata(
-    calib_type: str,
-    *,
-    instrument: str,
-    detector: int,
-    detector_name: str,
-    physical_filter: str | None = None,
-    units: str,
-) -> dict[str, Any]:
-    """Identity keys of a calibration product."""
-    from .. import __version__
-
-    md: dict[str, Any] = {
-        "CALIB_TYPE": calib_type,
-        "CALIB_INSTRUMENT": instrument,
-        "CALIB_DETECTOR": detector,
-        "CALIB_DETECTOR_NAME": detector_name,
-        "CALIB_UNITS": units,
-        "CALIB_CREATION_DATE": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "CP_VERSION": str(__version__),
-    }
-    if physical_filter is not None:
-        md["CALIB_FILTER"] = physical_filter
-    return md
 
 
 class ButlerBlockSource(BlockSource):
@@ -206,6 +383,30 @@ def read_header(handle: Any) -> tuple[dict[str, Any], tuple[int, int]]:
     return dict(pixel.metadata), (bbox.y.size, bbox.x.size)
 
 
+def _ref_id(ref: Any) -> Any:
+    """Dataset id of a `~lsst.daf.butler.DatasetRef` or of a deferred
+    connection's ``DeferredDatasetRef``."""
+    return getattr(ref, "datasetRef", ref).id
+
+
+def read_calibration(handle: Any, name: str) -> Any:
+    """Read a calibration through its file with the reader of its
+    connection name (`CALIBRATION_READERS`); a handle that is already the
+    in-memory object (a connection without ``deferLoad``) is returned as
+    is.
+
+    Parameters
+    ----------
+    handle
+        `~lsst.daf.butler.DeferredDatasetHandle` (or the object).
+    name
+        Connection name: ``bias``, ``dark``, ``flat``, ``defects``, ``ptc``.
+    """
+    if not (hasattr(handle, "butler") and hasattr(handle, "ref")):
+        return handle
+    return read_dataset_file(handle, CALIBRATION_READERS[name])
+
+
 class _CalibrationCache:
     """A few calibrations kept in memory between quanta of one process.
 
@@ -220,17 +421,24 @@ class _CalibrationCache:
         self._items: collections.OrderedDict[Any, Any] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, butlerQC: Any, ref: Any) -> Any:
+    def get(self, butlerQC: Any, ref: Any, name: str) -> Any:
+        """The calibration of ``ref`` (a connection ``name``), read once."""
+        key = _ref_id(ref)
         with self._lock:
-            if ref.id in self._items:
-                self._items.move_to_end(ref.id)
-                return self._items[ref.id]
-        value = butlerQC.get(ref)
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = read_calibration(butlerQC.get(ref), name)
         with self._lock:
-            self._items[ref.id] = value
+            self._items[key] = value
             while len(self._items) > self._max:
                 self._items.popitem(last=False)
         return value
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self._lock:
+            self._items.clear()
 
 
 _CALIB_CACHE = _CalibrationCache()
@@ -239,15 +447,24 @@ _CALIB_CACHE = _CalibrationCache()
 def get_inputs_caching_calibrations(
     butlerQC: Any, inputRefs: Any, cached: Iterable[str] = ("bias", "dark", "flat")
 ) -> dict[str, Any]:
-    """``butlerQC.get(inputRefs)``, but the single-dataset connections named
-    in ``cached`` come from a small per-process cache (read-only use)."""
-    from lsst.daf.butler import DatasetRef
-
+    """``butlerQC.get(inputRefs)``, with the calibrations (connections
+    named in `CALIBRATION_READERS`: deferred handles of Science Pipelines
+    storage classes) read through their files into in-memory objects
+    (`lsst.images.MaskedImage` for bias/dark/flat, `astropy.table.Table`
+    for defects/ptc).  Single-dataset connections named in ``cached`` come
+    from a small per-process cache keyed by dataset id (read-only use).
+    Other connections (e.g. a deferred raw) are returned as
+    ``butlerQC.get`` returns them.
+    """
     names = set(cached)
     inputs: dict[str, Any] = {}
     for name, refs in inputRefs:
-        if name in names and isinstance(refs, DatasetRef):
-            inputs[name] = _CALIB_CACHE.get(butlerQC, refs)
-        else:
+        if name not in CALIBRATION_READERS or refs is None:
             inputs[name] = butlerQC.get(refs)
+        elif isinstance(refs, (list, tuple)):
+            inputs[name] = [read_calibration(butlerQC.get(r), name) for r in refs]
+        elif name in names:
+            inputs[name] = _CALIB_CACHE.get(butlerQC, refs, name)
+        else:
+            inputs[name] = read_calibration(butlerQC.get(refs), name)
     return inputs

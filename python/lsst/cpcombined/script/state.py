@@ -102,7 +102,7 @@ class RunState:
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any]:
-        fix = f"move it away to start afresh (the run's exposures and outputs stay in the repository)"
+        fix = "move it away to start afresh (the run's exposures and outputs stay in the repository)"
         try:
             text = path.read_text()
         except OSError as err:

@@ -23,37 +23,44 @@ from ..obs.instrument import get_instrument
 from ..repo.products import (
     ButlerBlockSource,
     amp_percentiles,
-    calib_metadata,
+    calib_exposure_metadata,
     from_masked_image,
+    input_date_metadata,
     read_header,
     to_masked_image,
+    write_bad_pixel_counts,
     write_input_provenance,
     write_percentiles,
 )
 from ._memory import collect_garbage_after
+from .isr import CAMERA_KEYS
 
-_UNITS = {"bias": u.electron, "dark": u.electron / u.s, "flat": None}
+
+def _product_unit(calibration_type: str, isr_units: str) -> u.UnitBase | None:
+    """Unit of a combined calibration made from inputs in ``isr_units``."""
+    base = u.electron if isr_units == "electron" else u.adu
+    return {"bias": base, "dark": base / u.s, "flat": None}[calibration_type]
 
 
 class CpCombineConnections(PipelineTaskConnections, dimensions=("instrument", "detector")):
     inputExpHandles = cT.Input(
-        name="cpIsrProc",
-        doc="ISR-processed exposures to combine.",
+        name="cpcIsrProc",
+        doc="ISR-processed exposures to combine (read in row blocks).",
         storageClass="MaskedImageV2",
         dimensions=("instrument", "exposure", "detector"),
         multiple=True,
         deferLoad=True,
     )
     inputScales = cT.Input(
-        name="cpFlatNormScales",
-        doc="Focal-plane normalisation: per-exposure scale factors (flats).",
+        name="cpcFlatNormScales",
+        doc="Focal-plane normalisation of the flats of one physical filter: per-exposure scale factors.",
         storageClass="StructuredDataDict",
-        dimensions=("instrument",),
+        dimensions=("instrument", "physical_filter"),
     )
     outputData = cT.Output(
         name="bias",
-        doc="Combined calibration.",
-        storageClass="MaskedImageV2",
+        doc="Combined calibration (afw Exposure FITS with cp_pipe's header conventions).",
+        storageClass="ExposureF",
         dimensions=("instrument", "detector"),
         isCalibration=True,
     )
@@ -94,7 +101,7 @@ class CpCombineConfig(PipelineTaskConfig, pipelineConnections=CpCombineConnectio
             "exposure_time": "exposure time",
             "dark_time": "dark time (dark: result per second)",
             "clipped_mean": "the input's clipped mean (single-chip flat)",
-            "focal_plane": "the exposure factor E of the focal-plane normalisation (cpFlatNormScales)",
+            "focal_plane": "the exposure factor E of the focal-plane normalisation (cpcFlatNormScales)",
         },
         default="none",
     )
@@ -110,6 +117,11 @@ class CpCombineConfig(PipelineTaskConfig, pipelineConnections=CpCombineConnectio
         default=0.01,
     )
     memoryBudgetMB = Field(dtype=int, doc="Memory for the block buffer of input values (MB).", default=256)
+    flatSource = Field(
+        dtype=str,
+        doc="FLATSRC header value of a flat (the light source: DOME, TWILIGHT, SKY...).",
+        default="DOME",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -169,7 +181,8 @@ class CpCombineTask(PipelineTask):
         Returns
         -------
         struct
-            ``outputData``: the combined `lsst.images.MaskedImage`.
+            ``outputData``: the combined `lsst.images.MaskedImage` (unit e-,
+            e-/s or none; metadata in cp_pipe's conventions).
         """
         cfg = self.config
         det = get_instrument(instrument).camera_description[detector]
@@ -229,49 +242,73 @@ class CpCombineTask(PipelineTask):
             variance_method="empirical",
             memory_budget_bytes=cfg.memoryBudgetMB * 1024**2,
         )
-        image, variance, mask = result.image, result.variance, result.mask
-        n_bad = int(np.count_nonzero(result.n_used == 0))
+        image, variance = result.image, result.variance
+        no_input = result.n_used == 0
+        n_bad = int(np.count_nonzero(no_input))
         if n_bad:
             self.log.warning("%d pixels of %s had no usable input: masked BAD.", n_bad, det.name)
+        # As cp_pipe: the product's mask holds BAD (no usable input) only.
+        mask = np.where(no_input, BIT["BAD"], 0).astype(np.uint8)
         if cfg.normalizeOutput:
             norm = engine.clipped_mean(image, mask, bad_bits=bits("BAD", "NO_DATA"))
             image = image / norm
             variance = variance / norm**2
+        units = {str(h.get("ISR_UNITS", "electron")) for h in headers}
+        if len(units) > 1:
+            raise CpInputError(
+                f"the inputs of the {cfg.calibrationType} of {det.name} are in different units "
+                f"{sorted(units)}: process them with the same ISR configuration"
+            )
+        isr_units = units.pop()
         layout = AmpLayout.from_detector_shape(shape)
-        md = calib_metadata(
+        regions = amp_regions(layout)
+        md = calib_exposure_metadata(
             cfg.calibrationType,
             instrument=instrument,
             detector=detector,
             detector_name=det.name,
+            detector_serial=det.serial,
             physical_filter=physical_filter,
-            units=str(_UNITS[cfg.calibrationType] or "dimensionless"),
+            units=isr_units,
+            flat_source=cfg.flatSource,
         )
+        inputs = [
+            {
+                "exposure": h.get("EXPOSURE"),
+                "obsid": h.get("OBSID"),
+                "date": h.get("DATE-BEG", h.get("DATE-OBS")),
+                "timesys": h.get("TIMESYS"),
+                "exptime": h.get("EXPTIME"),
+                "darktime": h.get("DARKTIME"),
+                "scale": s,
+            }
+            for h, s in zip(headers, scales)
+        ]
+        md.update(input_date_metadata(inputs))
+        # Camera keys with one value over all inputs (cp_pipe merges its inputs' headers so).
+        for key in CAMERA_KEYS:
+            values = {repr(h.get(key)) for h in headers}
+            if len(values) == 1 and headers[0].get(key) is not None:
+                md[key] = headers[0][key]
+        write_input_provenance(md, inputs)
+        write_percentiles(md, cfg.calibrationType, amp_percentiles(image, mask, regions))
+        n_bad_amp = {amp: int(np.count_nonzero(no_input[ys, xs])) for amp, (ys, xs) in regions.items()}
+        write_bad_pixel_counts(md, cfg.calibrationType, n_bad_amp)
+        from .. import __version__
+
         md.update(
-            CP_METHOD=cfg.method,
-            CP_NSIGMA=cfg.nSigma,
-            CP_NITER=cfg.nIter,
-            CP_SCALING=cfg.scaling,
-            CP_MASKPLANES=",".join(cfg.maskPlanes),
-            CP_N_BAD_PIXELS=n_bad,
+            CPC_VERSION=str(__version__),
+            CPC_NINPUTS=len(handles),
+            CPC_METHOD=cfg.method,
+            CPC_NSIGMA=cfg.nSigma,
+            CPC_NITER=cfg.nIter,
+            CPC_SCALING=cfg.scaling,
+            CPC_MASKPLANES=",".join(cfg.maskPlanes),
+            CPC_N_BAD_PIXELS=n_bad,
         )
-        write_input_provenance(
-            md,
-            [
-                {
-                    "exposure": h.get("EXPOSURE"),
-                    "obsid": h.get("OBSID"),
-                    "date": h.get("DATE-BEG", h.get("DATE-OBS")),
-                    "exptime": h.get("EXPTIME"),
-                    "darktime": h.get("DARKTIME"),
-                    "scale": s,
-                }
-                for h, s in zip(headers, scales)
-            ],
+        out = to_masked_image(
+            image, variance, mask, unit=_product_unit(cfg.calibrationType, isr_units), metadata=md
         )
-        write_percentiles(md, amp_percentiles(image, mask, amp_regions(layout)))
-        # Pixels without input get BAD (engine) and NO_DATA for clarity.
-        mask = mask | np.where(result.n_used == 0, BIT["NO_DATA"], 0).astype(np.uint8)
-        out = to_masked_image(image, variance, mask, unit=_UNITS[cfg.calibrationType], metadata=md)
         return Struct(outputData=out)
 
     def _scales(
@@ -296,6 +333,6 @@ class CpCombineTask(PipelineTask):
                 out.append(float(engine.clipped_mean(image, mask, bad_bits=bad)))
             return out
         if inputScales is None:
-            raise CpInputError("focal-plane scaling needs cpFlatNormScales")
+            raise CpInputError("focal-plane scaling needs cpcFlatNormScales")
         exposure_scales = inputScales.get("exposure_scales", {})
         return [float(exposure_scales.get(str(h.get("EXPOSURE")), math.nan)) for h in headers]

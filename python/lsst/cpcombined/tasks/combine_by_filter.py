@@ -13,7 +13,7 @@ class CpCombineByFilterConnections(
     CpCombineConnections, dimensions=("instrument", "detector", "physical_filter")
 ):
     inputExpHandles = cT.Input(
-        name="cpFlatProc",
+        name="cpcFlatProc",
         doc="ISR-processed flats to combine.",
         storageClass="MaskedImageV2",
         dimensions=("instrument", "exposure", "detector"),
@@ -22,8 +22,8 @@ class CpCombineByFilterConnections(
     )
     outputData = cT.Output(
         name="flat",
-        doc="Combined flat of one physical filter.",
-        storageClass="MaskedImageV2",
+        doc="Combined flat of one physical filter (afw Exposure FITS, dimensionless).",
+        storageClass="ExposureF",
         dimensions=("instrument", "detector", "physical_filter"),
         isCalibration=True,
     )

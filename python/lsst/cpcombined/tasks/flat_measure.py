@@ -22,13 +22,13 @@ from ._memory import collect_garbage_after
 
 class CpFlatMeasureConnections(PipelineTaskConnections, dimensions=("instrument", "exposure", "detector")):
     inputExp = cT.Input(
-        name="cpFlatProc",
+        name="cpcFlatProc",
         doc="ISR-processed flat.",
         storageClass="MaskedImageV2",
         dimensions=("instrument", "exposure", "detector"),
     )
     outputStats = cT.Output(
-        name="cpFlatStatistics",
+        name="cpcFlatStatistics",
         doc="Clipped mean level of the detector and of each amp, saturated fraction.",
         storageClass="StructuredDataDict",
         dimensions=("instrument", "exposure", "detector"),

@@ -16,30 +16,29 @@ from ..algorithms.normalization import build_level_matrix, solve_focal_plane_nor
 from ..errors import CpInputError
 
 
-class CpFlatNormalizeConnections(PipelineTaskConnections, dimensions=("instrument",)):
+class CpFlatNormalizeConnections(PipelineTaskConnections, dimensions=("instrument", "physical_filter")):
     inputStats = cT.Input(
-        name="cpFlatStatistics",
-        doc="Per-(exposure, detector) flat levels.",
+        name="cpcFlatStatistics",
+        doc="Per-(exposure, detector) flat levels of the flats of one physical filter.",
         storageClass="StructuredDataDict",
         dimensions=("instrument", "exposure", "detector"),
         multiple=True,
     )
     outputScales = cT.Output(
-        name="cpFlatNormScales",
-        doc="Per-exposure scale E and per-detector response G of B = E·G.",
+        name="cpcFlatNormScales",
+        doc=(
+            "Per-exposure scale E and per-detector response G of B = E·G for one physical filter: "
+            "{physical_filter, exposure_scales: {exposure: E}, detector_response: {detector: G}, rms, "
+            "n_rejected, excluded: {exposure: reason}}."
+        ),
         storageClass="StructuredDataDict",
-        dimensions=("instrument",),
+        dimensions=("instrument", "physical_filter"),
     )
 
 
 class CpFlatNormalizeConfig(PipelineTaskConfig, pipelineConnections=CpFlatNormalizeConnections):
     """Configuration of `CpFlatNormalizeTask`."""
 
-    requireSingleFilter = Field(
-        dtype=bool,
-        doc="All flats must share one physical filter; a mismatch is an error naming the odd exposures.",
-        default=True,
-    )
     maxSaturatedFraction = Field(
         dtype=float,
         doc="Exposures with more SAT pixels than this fraction (on any detector) are left out (logged).",
@@ -55,7 +54,8 @@ class CpFlatNormalizeTask(PipelineTask):
 
     Each flat is later divided by E only, so the detector-to-detector
     response G survives in the combined flats.  With one detector (LATISS)
-    this reduces to dividing each flat by its own clipped mean.
+    this reduces to dividing each flat by its own clipped mean.  One quantum
+    per (instrument, physical_filter), as cp_pipe's normalisation.
     """
 
     ConfigClass = CpFlatNormalizeConfig
@@ -63,19 +63,29 @@ class CpFlatNormalizeTask(PipelineTask):
     config: CpFlatNormalizeConfig
 
     def run(self, inputStats: Sequence[Mapping[str, Any]]) -> Struct:
-        """Return ``outputScales``: a plain dict (see the connection doc)."""
+        """Return ``outputScales``: a plain dict (see the connection doc).
+
+        One quantum per physical filter: the flats of one filter are
+        normalised together (each filter gets its own combined flat).
+
+        Raises
+        ------
+        CpInputError
+            No statistics, statistics of flats in different filters (the
+            inputs of one quantum share one), every flat saturated.
+        """
         if not inputStats:
             raise CpInputError("no flat statistics to normalise")
         filters: dict[int, str | None] = {}
         for s in inputStats:
             filters[int(s["exposure"])] = s.get("physical_filter")
         distinct = sorted({f for f in filters.values() if f is not None})
-        if self.config.requireSingleFilter and len(distinct) > 1:
+        if len(distinct) > 1:
             counts = {f: sum(1 for v in filters.values() if v == f) for f in distinct}
             main = max(counts, key=counts.get)
             odd = sorted(e for e, f in filters.items() if f != main)
             raise CpInputError(
-                f"flats with mismatched filters: {len(odd)} exposure(s) "
+                f"flats with mismatched filters in one normalisation: {len(odd)} exposure(s) "
                 + ", ".join(f"{e} ({filters[e]})" for e in odd)
                 + f" differ from the {counts[main]} flats in {main}"
             )

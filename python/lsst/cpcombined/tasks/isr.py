@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ("CALIBRATION_FLAGS", "CpCalibrationConnections", "CpIsrConfig", "CpIsrConnections", "CpIsrTask")
+__all__ = (
+    "CALIBRATION_FLAGS",
+    "CAMERA_KEYS",
+    "CpCalibrationConnections",
+    "CpIsrConfig",
+    "CpIsrConnections",
+    "CpIsrTask",
+)
 
 import math
 from typing import Any
@@ -24,6 +31,11 @@ from ..repo.files import read_dataset_file
 from ..repo.products import from_masked_image, get_inputs_caching_calibrations, to_masked_image
 from ._memory import collect_garbage_after
 
+#: Camera keys of the raw copied to the processed exposure so that combined
+#: calibrations can carry them (the Science Pipelines' ISR compares them
+#: between a calibration and the exposure it corrects).
+CAMERA_KEYS = ("SEQNAME", "SEQFILE", "SEQCKSUM", "ODP", "AP0_RC", "TEMP_SET")
+
 #: Calibration connections an ISR may use, with the `CpIsrConfig` flag that applies each.
 CALIBRATION_FLAGS = {"bias": "doBias", "dark": "doDark", "flat": "doFlat", "defects": "doDefects"}
 
@@ -32,36 +44,46 @@ class CpCalibrationConnections(PipelineTaskConnections, dimensions=("instrument"
     """Calibrations an ISR may apply, found by validity date (or in a RUN
     collection given as input).  Tasks that run `CpIsrTask` (directly or as
     a subtask) inherit these and drop the ones their ISR does not use with
-    `remove_unused_calibrations`."""
+    `remove_unused_calibrations`.
+
+    They are the Science Pipelines' dataset types (storage classes
+    ``ExposureF`` and ``Defects``), deferred: tasks read their files with
+    `lsst.cpcombined.repo.products.get_inputs_caching_calibrations` (the same
+    readers for cp_pipe's files and the package's).
+    """
 
     bias = cT.PrerequisiteInput(
         name="bias",
-        doc="Combined bias (electrons).",
-        storageClass="MaskedImageV2",
+        doc="Combined bias (electrons; afw Exposure FITS).",
+        storageClass="ExposureF",
         dimensions=("instrument", "detector"),
         isCalibration=True,
+        deferLoad=True,
     )
     dark = cT.PrerequisiteInput(
         name="dark",
-        doc="Combined dark (electrons per second of dark time).",
-        storageClass="MaskedImageV2",
+        doc="Combined dark (electrons per second of dark time; afw Exposure FITS).",
+        storageClass="ExposureF",
         dimensions=("instrument", "detector"),
         isCalibration=True,
+        deferLoad=True,
     )
     flat = cT.PrerequisiteInput(
         name="flat",
-        doc="Combined flat (dimensionless).",
-        storageClass="MaskedImageV2",
+        doc="Combined flat (dimensionless; afw Exposure FITS).",
+        storageClass="ExposureF",
         dimensions=("instrument", "detector", "physical_filter"),
         isCalibration=True,
+        deferLoad=True,
     )
     defects = cT.PrerequisiteInput(
         name="defects",
-        doc="Defects (table of boxes); optional.",
-        storageClass="ArrowAstropy",
+        doc="Defects (ip_isr table of boxes); optional.",
+        storageClass="Defects",
         dimensions=("instrument", "detector"),
         isCalibration=True,
         minimum=0,
+        deferLoad=True,
     )
 
     def remove_unused_calibrations(self, isr_config: CpIsrConfig) -> None:
@@ -80,7 +102,7 @@ class CpIsrConnections(CpCalibrationConnections, dimensions=("instrument", "expo
         deferLoad=True,
     )
     outputExposure = cT.Output(
-        name="cpIsrProc",
+        name="cpcIsrProc",
         doc="ISR-processed, trimmed and assembled exposure (MaskedImage).",
         storageClass="MaskedImageV2",
         dimensions=("instrument", "exposure", "detector"),
@@ -212,7 +234,8 @@ class CpIsrTask(PipelineTask):
         bias, dark, flat
             Calibrations to apply (when configured).
         defects
-            Defect table (when configured; may be `None`).
+            Defect table (``x0, y0, width, height``; when configured; may be
+            `None` or an empty list).
         instrument, detector, exposure
             Data ID values (for nominal amp values and messages).
 
@@ -223,6 +246,8 @@ class CpIsrTask(PipelineTask):
         """
         md = ccdExposure.metadata
         self._check_exposure(md, exposure)
+        if isinstance(defects, (list, tuple)):
+            defects = defects[0] if defects else None
         det = get_instrument(instrument).camera_description[detector]
         gains = {a.name: a.gain for a in det.amplifiers}
         saturation = (
@@ -301,7 +326,10 @@ def _calib_frame(calib: MaskedImage | None, what: str) -> CalibFrame:
 def _exposure_metadata(md: dict[str, Any], exposure: int, detector_name: str) -> dict[str, Any]:
     """Identity and time keys of an exposure, copied to processed outputs."""
     out: dict[str, Any] = {"EXPOSURE": int(exposure), "DETECTOR_NAME": detector_name}
-    for key in ("OBSID", "IMGTYPE", "EXPTIME", "DARKTIME", "DATE-BEG", "DATE-OBS", "FILTER", "DAYOBS", "SEQNUM"):
+    for key in (
+        "OBSID", "IMGTYPE", "EXPTIME", "DARKTIME", "DATE-BEG", "DATE-OBS", "TIMESYS", "FILTER", "DAYOBS", "SEQNUM",
+        *CAMERA_KEYS,
+    ):
         value = md.get(key)
         if isinstance(value, (np.floating, np.integer)):
             value = value.item()

@@ -3,8 +3,9 @@
 The same task measures a combined dark (hot pixels above a dark-current
 threshold) or the combined flats of a detector (cold and bright pixels
 relative to each amplifier's mean), depending on ``sourceType``.  Its output
-is an intermediate table of defect boxes per detector; `CpMergeDefectsTask`
-OR-s the sources, adds the border and writes the ``defects`` calibration.
+is an intermediate table of defect boxes per detector (``cpcDefectsFrom*``);
+`CpMergeDefectsTask` OR-s the sources, adds the border and writes the
+``defects`` calibration in ip_isr's layout.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from ..algorithms.masks import bits
 from ..errors import CpInputError
 from ..obs.camera import AmpLayout
 from ..obs.instrument import get_instrument
-from ..repo.products import calib_metadata, from_masked_image
+from ..repo.files import read_dataset_file
+from ..repo.products import CALIBRATION_READERS, from_masked_image
 from ._memory import collect_garbage_after
 
 
@@ -39,15 +41,17 @@ class CpMeasureDefectsConnections(PipelineTaskConnections, dimensions=("instrume
         doc=(
             "Combined calibration(s) to search: the combined dark (e-/s) of the detector, or (with "
             "sourceType='flat') its combined flats, one per physical filter.  A regular input, found in "
-            "the input RUN collections (e.g. the ones the generation pipelines just wrote)."
+            "the input RUN collections (e.g. the ones the generation pipelines just wrote); read from its "
+            "afw Exposure FITS file (cp_pipe's or the package's)."
         ),
-        storageClass="MaskedImageV2",
+        storageClass="ExposureF",
         dimensions=("instrument", "detector"),
         isCalibration=True,
         multiple=True,
+        deferLoad=True,
     )
     outputDefects = cT.Output(
-        name="cpDefectsFromDark",
+        name="cpcDefectsFromDark",
         doc=(
             "Defects found in this source (plus its pixels without data), as a table of boxes "
             "x0, y0, width, height; detector shape in the metadata (DET_NY, DET_NX)."
@@ -184,11 +188,13 @@ class CpMeasureDefectsTask(PipelineTask):
 
     @collect_garbage_after
     def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
-        inputs = butlerQC.get(inputRefs)
+        handles = butlerQC.get(inputRefs.inputCalibs)
         data_id = butlerQC.quantum.dataId
-        filters = [ref.dataId.get("physical_filter") for ref in inputRefs.inputCalibs]
+        refs = [getattr(ref, "datasetRef", ref) for ref in inputRefs.inputCalibs]
+        filters = [ref.dataId.get("physical_filter") for ref in refs]
+        reader = CALIBRATION_READERS[self.config.sourceType]
         outputs = self.run(
-            inputs["inputCalibs"],
+            [read_dataset_file(h, reader) for h in handles],
             instrument=data_id["instrument"],
             detector=data_id["detector"],
             physical_filters=filters,
@@ -239,13 +245,12 @@ class CpMeasureDefectsTask(PipelineTask):
         found: np.ndarray | None = None
         stat_total = np.zeros(0, dtype=bool)
         nodata_total = np.zeros(0, dtype=bool)
-        md: dict[str, Any] = calib_metadata(
-            f"defects_{source}",
-            instrument=instrument,
-            detector=detector,
-            detector_name=det.name,
-            units="pixel",
-        )
+        md: dict[str, Any] = {
+            "INSTRUME": instrument,
+            "DETECTOR": int(detector),
+            "DET_NAME": det.name,
+            "CPC_SOURCE": source,
+        }
         for k, (calib, flt) in enumerate(zip(inputCalibs, filters, strict=True)):
             image, _, mask = from_masked_image(calib)
             this_shape = (int(image.shape[0]), int(image.shape[1]))
@@ -281,9 +286,9 @@ class CpMeasureDefectsTask(PipelineTask):
             nodata_total |= result.no_data
             found |= result.mask
             label = flt or "-"
-            md[f"CP_INPUT_{k:03d}_FILTER"] = label
-            md[f"CP_INPUT_{k:03d}_N_DEFECT"] = int(stat.sum())
-            md[f"CP_INPUT_{k:03d}_N_NO_DATA"] = int(result.no_data.sum())
+            md[f"CPC_INPUT_FILTER_{k}"] = label
+            md[f"CPC_INPUT_N_DEFECT_{k}"] = int(stat.sum())
+            md[f"CPC_INPUT_N_NO_DATA_{k}"] = int(result.no_data.sum())
             self.log.info(
                 "Detector %s, %s%s: %d defect pixels (%d without data).",
                 det.name,
@@ -295,17 +300,16 @@ class CpMeasureDefectsTask(PipelineTask):
         assert shape is not None and found is not None
         table = defects_algo.mask_to_table(found)
         md.update(
-            CP_SOURCE=source,
-            CP_NINPUTS=len(inputCalibs),
-            CP_N_DEFECT_PIXELS=int(stat_total.sum()),
-            CP_N_NO_DATA_PIXELS=int(nodata_total.sum()),
-            CP_N_PIXELS=int(found.sum()),
-            CP_N_BOXES=len(table),
-            CP_DARK_THRESHOLD=cfg.darkThreshold,
-            CP_DARK_NSIGMA=cfg.darkNSigma,
-            CP_FLAT_LOW_RATIO=cfg.flatLowRatio,
-            CP_FLAT_HIGH_RATIO=cfg.flatHighRatio,
-            CP_COLUMN_THRESHOLD=cfg.columnThreshold,
+            CPC_NINPUTS=len(inputCalibs),
+            CPC_N_DEFECT_PIXELS=int(stat_total.sum()),
+            CPC_N_NO_DATA_PIXELS=int(nodata_total.sum()),
+            CPC_N_PIXELS=int(found.sum()),
+            CPC_N_BOXES=len(table),
+            CPC_DARK_THRESHOLD=cfg.darkThreshold,
+            CPC_DARK_NSIGMA=cfg.darkNSigma,
+            CPC_FLAT_LOW_RATIO=cfg.flatLowRatio,
+            CPC_FLAT_HIGH_RATIO=cfg.flatHighRatio,
+            CPC_COLUMN_THRESHOLD=cfg.columnThreshold,
         )
         table.meta.update(md)
         return Struct(outputDefects=table)

@@ -16,20 +16,20 @@ from lsst.pipe.base import connectionTypes as cT
 from ..algorithms import defects as defects_algo
 from ..errors import CpInputError
 from ..obs.instrument import get_instrument
-from ..repo.products import calib_metadata
+from ..repo.calib_tables import DEFECTS_CALIBCLS, calib_identity, defects_table
 from .measure_defects import read_defect_table
 
 
 class CpMergeDefectsConnections(PipelineTaskConnections, dimensions=("instrument", "detector")):
     darkDefects = cT.Input(
-        name="cpDefectsFromDark",
+        name="cpcDefectsFromDark",
         doc="Defects found on the combined dark (boxes; detector shape in the metadata).",
         storageClass="ArrowAstropy",
         dimensions=("instrument", "detector"),
         deferLoad=True,
     )
     flatDefects = cT.Input(
-        name="cpDefectsFromFlat",
+        name="cpcDefectsFromFlat",
         doc="Defects found on the combined flat(s) (boxes; detector shape in the metadata).",
         storageClass="ArrowAstropy",
         dimensions=("instrument", "detector"),
@@ -38,12 +38,12 @@ class CpMergeDefectsConnections(PipelineTaskConnections, dimensions=("instrument
     defects = cT.Output(
         name="defects",
         doc=(
-            "Defects of the detector: OR of the sources, the border and the pixels without data, as a "
-            "table of boxes x0, y0, width, height (int32, 0-based assembled-detector pixels).  The "
-            "detector shape is in the table metadata (DET_NY, DET_NX; read with "
-            "parameters={'strip_astropy_meta_yaml': False})."
+            "Defects of the detector: OR of the sources, the border and the pixels without data, in "
+            "ip_isr's defects layout (columns x0, y0, width, height, int64, 0-based assembled-detector "
+            "pixels; lsst.cpcombined.repo.calib_tables).  The detector shape is in the metadata (DET_NY, "
+            "DET_NX)."
         ),
-        storageClass="ArrowAstropy",
+        storageClass="Defects",
         dimensions=("instrument", "detector"),
         isCalibration=True,
     )
@@ -111,8 +111,9 @@ class CpMergeDefectsTask(PipelineTask):
         Returns
         -------
         struct
-            ``defects``: `astropy.table.Table` of boxes with the detector
-            shape, per-source pixel counts and identity keys in its metadata.
+            ``defects``: `astropy.table.Table` in ip_isr's defects layout
+            (int64 boxes; ip_isr's identity keys, the detector shape and
+            per-source pixel counts in its metadata).
         """
         det = get_instrument(instrument).camera_description[detector]
         if not sources:
@@ -132,28 +133,36 @@ class CpMergeDefectsTask(PipelineTask):
             shape = this
         assert shape is not None
         merged = np.zeros(shape, dtype=bool)
-        md: dict[str, Any] = calib_metadata(
-            "defects", instrument=instrument, detector=detector, detector_name=det.name, units="pixel"
+        md: dict[str, Any] = calib_identity(
+            "defects",
+            schema="",
+            version=2.0,
+            calibcls=DEFECTS_CALIBCLS,
+            instrument=instrument,
+            detector=detector,
+            detector_name=det.name,
+            detector_serial=det.serial,
         )
+        md.update(DET_NY=shape[0], DET_NX=shape[1])
         for name, table in sources.items():
             m = defects_algo.table_to_mask(table, shape)
             merged |= m
-            md[f"CP_N_PIXELS_{name.upper()}"] = int(m.sum())
-            for key in ("CP_N_DEFECT_PIXELS", "CP_N_NO_DATA_PIXELS"):
+            md[f"CPC_N_PIXELS_{name.upper()}"] = int(m.sum())
+            for key in ("CPC_N_DEFECT_PIXELS", "CPC_N_NO_DATA_PIXELS"):
                 if key in table.meta:
                     md[f"{key}_{name.upper()}"] = table.meta[key]
         border = defects_algo.border_mask(shape, self.config.borderWidth)
         merged |= border
-        out = defects_algo.mask_to_table(merged)
+        boxes = defects_algo.mask_to_table(merged)
         md.update(
-            CP_SOURCES=",".join(sources),
-            CP_BORDER=self.config.borderWidth,
-            CP_N_PIXELS_BORDER=int(border.sum()),
-            CP_N_PIXELS=int(merged.sum()),
-            CP_N_BOXES=len(out),
-            CP_DEFECT_FRACTION=float(merged.mean()),
+            CPC_SOURCES=",".join(sources),
+            CPC_BORDER=self.config.borderWidth,
+            CPC_N_PIXELS_BORDER=int(border.sum()),
+            CPC_N_PIXELS=int(merged.sum()),
+            CPC_N_BOXES=len(boxes),
+            CPC_DEFECT_FRACTION=float(merged.mean()),
         )
-        out.meta.update(md)
+        out = defects_table(boxes, md)
         self.log.info(
             "Defects of %s: %d pixels (%.3f%%) in %d boxes from %s plus a %d-px border.",
             det.name,

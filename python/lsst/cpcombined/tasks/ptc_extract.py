@@ -8,8 +8,8 @@ bias and dark subtraction, *no* gain conversion) and measures means,
 variance and covariances of each amplifier (`measure_pair`).  At most one
 pair of full images is in memory.  It also computes the quick gain of each
 amplifier from the flat pairs alone (`gain_from_flat_pairs`, what the
-ScriptQueue script reports).  The output ``cpPtcExtract`` table is the input
-of `CpPtcSolveTask`.
+ScriptQueue script reports).  The output ``cpcPtcExtract`` table is the
+input of `CpPtcSolveTask`.
 
 Saturation
 ----------
@@ -55,16 +55,18 @@ nominal per-amp gains that made them (``convertCalibUnits``).
 
 Output
 ------
-``cpPtcExtract`` (``ArrowAstropy``), one row per (pair, amplifier), pairs in
+``cpcPtcExtract`` (``ArrowAstropy``), one row per (pair, amplifier), pairs in
 exposure-time order: ``pair``, ``exposure1``, ``exposure2``, ``exp_time``,
-``physical_filter``, ``amplifier``, ``mean1``, ``mean2``, ``mean`` (ADU),
+``mjd_start`` (TAI MJD of the pair's first start), ``physical_filter``,
+``amplifier``, ``mean1``, ``mean2``, ``mean`` (ADU),
 ``variance`` (ADU^2), ``npix``, ``sat_fraction``, ``valid``, ``reason``,
 ``covariance`` and ``cov_npairs`` (``maxLag+1`` square), ``overscan_noise_adu``
-(amplifier read noise from the overscans), ``read_noise_adu`` (of a
+(amplifier read noise from the overscans), ``overscan_level_adu`` (mean
+serial overscan level of the two flats), ``read_noise_adu`` (of a
 processed pixel), ``row_noise_factor``, ``n_fixed_pattern``, ``gain_pair``,
 ``gain_pair_err``, ``gain_pair_used`` (per-pair quick gains) and
 ``gain_quick``, ``gain_quick_err`` (the amplifier's quick gain, repeated on
-each of its rows; also ``QUICK_GAIN_<amp>`` in the metadata).
+each of its rows; also ``CPC_QUICK_GAIN_<amp>`` in the metadata).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ from ..obs.camera import AmpLayout
 from ..obs.instrument import get_instrument
 from ..obs.raw import RawImage, read_raw_file, read_raw_header
 from ..repo.files import read_dataset_file
-from ..repo.products import calib_metadata, from_masked_image, to_masked_image
+from ..repo.products import from_masked_image, get_inputs_caching_calibrations, to_masked_image
 from ._memory import collect_garbage_after
 from .isr import CpCalibrationConnections, CpIsrConfig, CpIsrTask
 
@@ -110,7 +112,7 @@ class CpPtcExtractConnections(CpCalibrationConnections, dimensions=("instrument"
         deferLoad=True,
     )
     outputCovariances = cT.Output(
-        name="cpPtcExtract",
+        name="cpcPtcExtract",
         doc=(
             "One row per (flat pair, amplifier): exposures, exposure time, clipped means, variance, "
             "covariances to maxLag, pixels used, read noise, per-pair and per-amp quick gains."
@@ -223,6 +225,21 @@ class CpPtcExtractConfig(PipelineTaskConfig, pipelineConnections=CpPtcExtractCon
         bits(*self.badMaskPlanes)
 
 
+def _mjd_start(md: dict[str, Any]) -> float:
+    """TAI MJD of the start of a processed exposure (``DATE-BEG`` in its
+    ``TIMESYS``, TAI by default); NaN when unknown."""
+    import astropy.time
+
+    date = md.get("DATE-BEG", md.get("DATE-OBS"))
+    if not date:
+        return math.nan
+    scale = "utc" if str(md.get("TIMESYS", "TAI")).strip().upper() == "UTC" else "tai"
+    try:
+        return float(astropy.time.Time(str(date), format="isot", scale=scale).tai.mjd)
+    except ValueError:
+        return math.nan
+
+
 def row_noise_factor(isr_config: CpIsrConfig, layout: AmpLayout) -> float:
     """Variance of an ISR-processed pixel's read noise relative to the
     amplifier's read noise squared.
@@ -276,7 +293,8 @@ class CpPtcExtractTask(PipelineTask):
 
     @collect_garbage_after
     def runQuantum(self, butlerQC, inputRefs, outputRefs) -> None:
-        inputs = butlerQC.get(inputRefs)
+        # Bias, dark and defects read from their files (no cache: one quantum per detector).
+        inputs = get_inputs_caching_calibrations(butlerQC, inputRefs, cached=())
         data_id = butlerQC.quantum.dataId
         outputs = self.run(
             inputs["inputExp"],
@@ -419,6 +437,8 @@ class CpPtcExtractTask(PipelineTask):
         bad_bits = bits(*cfg.badMaskPlanes)
         if cfg.fixedPatternNSigma > 0:
             bad_bits |= BIT["SUSPECT"]
+        if isinstance(defects, (list, tuple)):
+            defects = defects[0] if defects else None
         if defects is not None:
             self.log.info("Detector %s: %d defect boxes masked.", det.name, len(defects))
         nlag = cfg.maxLag + 1
@@ -477,16 +497,22 @@ class CpPtcExtractTask(PipelineTask):
                 rn1 = float(md1.get(f"ISR_{amp}_OVERSCAN_NOISE_ADU", math.nan))
                 rn2 = float(md2.get(f"ISR_{amp}_OVERSCAN_NOISE_ADU", math.nan))
                 rn_os = math.sqrt(0.5 * (rn1 * rn1 + rn2 * rn2))
+                level = 0.5 * (
+                    float(md1.get(f"ISR_{amp}_OVERSCAN_LEVEL_ADU", math.nan))
+                    + float(md2.get(f"ISR_{amp}_OVERSCAN_LEVEL_ADU", math.nan))
+                )
                 rows.append(
                     {
                         "pair": k,
                         "exposure1": int(pair.first.exposure_id),
                         "exposure2": int(pair.second.exposure_id),
                         "exp_time": float(pair.exp_time),
+                        "mjd_start": min(_mjd_start(md1), _mjd_start(md2)),
                         "physical_filter": pair.first.physical_filter,
                         "amplifier": amp,
                         "measurement": m,
                         "overscan_noise_adu": rn_os,
+                        "overscan_level_adu": level,
                         "read_noise_adu": rn_os * math.sqrt(factor),
                         "row_noise_factor": factor,
                         "n_fixed_pattern": n_fixed,
@@ -504,21 +530,19 @@ class CpPtcExtractTask(PipelineTask):
 
         table = self._make_table(rows, nlag)
         self._quick_gains(table, rows, det.name, gains)
-        md = calib_metadata(
-            "ptcExtract", instrument=instrument, detector=detector, detector_name=det.name, units="adu"
-        )
+        md: dict[str, Any] = {"INSTRUME": instrument, "DETECTOR": int(detector), "DET_NAME": det.name}
         md.update(
-            CP_N_FLATS=len(flats),
-            CP_N_PAIRS=len(pairing.pairs),
-            CP_UNUSED=",".join(str(f.exposure_id) for f in pairing.unused),
-            CP_PAIRING_WARNINGS=" | ".join(pairing.warnings),
-            CP_NSIGMA=cfg.nSigma,
-            CP_NITER=cfg.nIter,
-            CP_EDGE=cfg.edge,
-            CP_MAXLAG=cfg.maxLag,
-            CP_ROW_NOISE_FACTOR=factor,
-            CP_ISR_SATURATION=bool(cfg.isr.doSaturation),
-            CP_QUICK_GAIN_COV_MAX_LAG=cfg.quickGainCovMaxLag,
+            CPC_N_FLATS=len(flats),
+            CPC_N_PAIRS=len(pairing.pairs),
+            CPC_UNUSED=",".join(str(f.exposure_id) for f in pairing.unused),
+            CPC_PAIRING_WARNINGS=" | ".join(pairing.warnings),
+            CPC_NSIGMA=cfg.nSigma,
+            CPC_NITER=cfg.nIter,
+            CPC_EDGE=cfg.edge,
+            CPC_MAXLAG=cfg.maxLag,
+            CPC_ROW_NOISE_FACTOR=factor,
+            CPC_ISR_SATURATION=bool(cfg.isr.doSaturation),
+            CPC_QUICK_GAIN_COV_MAX_LAG=cfg.quickGainCovMaxLag,
         )
         table.meta.update(md)
         return Struct(outputCovariances=table)
@@ -540,6 +564,7 @@ class CpPtcExtractTask(PipelineTask):
                 "exposure1": np.array([r["exposure1"] for r in rows], dtype=np.int64),
                 "exposure2": np.array([r["exposure2"] for r in rows], dtype=np.int64),
                 "exp_time": np.array([r["exp_time"] for r in rows]),
+                "mjd_start": np.array([r["mjd_start"] for r in rows], dtype=np.float64),
                 "physical_filter": np.array([r["physical_filter"] for r in rows], dtype=str),
                 "amplifier": np.array([r["amplifier"] for r in rows], dtype=str),
                 "mean1": np.array([m.mean1 for m in ms]),
@@ -553,12 +578,13 @@ class CpPtcExtractTask(PipelineTask):
                 "covariance": cov,
                 "cov_npairs": npairs,
                 "overscan_noise_adu": np.array([r["overscan_noise_adu"] for r in rows]),
+                "overscan_level_adu": np.array([r["overscan_level_adu"] for r in rows]),
                 "read_noise_adu": np.array([r["read_noise_adu"] for r in rows]),
                 "row_noise_factor": np.array([r["row_noise_factor"] for r in rows]),
                 "n_fixed_pattern": np.array([r["n_fixed_pattern"] for r in rows], dtype=np.int64),
             }
         )
-        for name in ("mean1", "mean2", "mean", "overscan_noise_adu", "read_noise_adu"):
+        for name in ("mean1", "mean2", "mean", "overscan_noise_adu", "overscan_level_adu", "read_noise_adu"):
             table[name].unit = u.adu
         table["variance"].unit = u.adu**2
         table["covariance"].unit = u.adu**2
@@ -602,7 +628,7 @@ class CpPtcExtractTask(PipelineTask):
             used[idx] = res.used
             g_amp[idx] = res.gain
             g_amp_err[idx] = res.gain_err
-            table.meta[f"QUICK_GAIN_{amp}"] = float(res.gain)
+            table.meta[f"CPC_QUICK_GAIN_{amp}"] = float(res.gain)
             if not np.isfinite(res.gain):
                 self.log.warning(
                     "Detector %s amp %s: no quick gain (no usable flat pair).", detector_name, amp
@@ -611,7 +637,7 @@ class CpPtcExtractTask(PipelineTask):
             "Detector %s quick gains from flat pairs (covariances to lag %d): %s.",
             detector_name,
             cfg.quickGainCovMaxLag,
-            ", ".join(f"{a} {table.meta[f'QUICK_GAIN_{a}']:.4f}" for a in amps),
+            ", ".join(f"{a} {table.meta[f'CPC_QUICK_GAIN_{a}']:.4f}" for a in amps),
         )
         table["gain_pair"] = g_pair
         table["gain_pair_err"] = g_pair_err

@@ -6,32 +6,38 @@ Astier et al. (2019) eq. 16 (`fit_ptc_measurements`: turnover and gap cuts,
 5-sigma outlier rejection, flags).  Optionally the full covariance model
 (eq. 20, `fit_full_covariance`) is fitted too.
 
-The ``ptc`` product (``ArrowAstropy``: an `astropy.table.Table`) has one row
-per amplifier:
+The ``ptc`` product is ip_isr's PTC table, version 2.6
+(`lsst.cpcombined.repo.calib_tables`), one row per amplifier:
 
-* ``amplifier``; ``gain``, ``gain_err`` (e-/ADU); ``noise``, ``noise_err``
-  (e-: the amplifier read noise, i.e. ``sqrt(n00 / row_noise_factor)``, see
-  ``correctOverscanNoise``); ``noise_fit`` (``sqrt(n00)``, the noise of a
-  processed pixel); ``n00``, ``n00_err`` (e-^2); ``a00``, ``a00_err``
-  (1/e-); ``turnoff`` (ADU, largest kept mean) and ``turnoff_electrons``;
-  ``gain_quick``, ``gain_quick_err`` (from the flat pairs alone); ``chi2``,
-  ``dof``, ``fit_status``, ``n_points``, ``n_kept``;
-* ``bad`` (bool), ``flags`` (comma-separated, see `PtcAmpResult.flags`, plus
-  the low-variance note) and ``reason`` (text).  A bad amplifier has NaN
-  gain, noise and a00: the parameters of a fit that must not be trusted are
-  never reported as if they were good;
-* per-pair arrays (one entry per flat pair, in exposure-time order) for
-  plots: ``exposure1``, ``exposure2``, ``exp_times``, ``means``,
-  ``variances``, ``model_variances``, ``npix``, ``kept``, ``invalid``,
-  ``above_gap``, ``saturated``, ``low_variance``, ``outlier``,
-  ``covariances`` (pairs x lags x lags, ADU^2), ``cov_npairs``;
-* with ``doFullCovariance``: ``fullcov_gain``, ``fullcov_gain_err``,
-  ``fullcov_a``, ``fullcov_a_err``, ``fullcov_b``, ``fullcov_noise``
-  (``fullCovarianceRange`` square), ``fullcov_chi2_dof``, ``fullcov_bad``,
-  ``fullcov_flags``.
+* ``GAIN``, ``GAIN_ERR`` (e-/ADU; ``GAIN_UNADJUSTED`` the same), ``NOISE``,
+  ``NOISE_ERR`` (e-: the amplifier read noise, ``sqrt(n00 /
+  row_noise_factor)``, see ``correctOverscanNoise``), ``PTC_FIT_PARS`` =
+  ``[a00, gain, n00]`` and their errors, ``PTC_FIT_CHI_SQ`` (reduced),
+  ``PTC_TURNOFF`` (ADU, largest kept mean) and its sampling error;
+* per flat pair (exposure-time order): ``INPUT_EXP_ID_PAIRS``,
+  ``INPUT_EXP_PAIR_MJD_START``, ``RAW_EXP_TIMES``, ``RAW_MEANS``,
+  ``RAW_VARS`` (ADU, ADU^2), ``RAW_DELTAS``, ``EXP_ID_MASK`` (kept in the
+  fit), ``GAIN_LIST`` (per-pair quick gains), ``NOISE_LIST`` (overscan read
+  noise, ADU), ``OVERSCAN_MEDIAN_LIST`` (and its median/sigma over the kept
+  pairs), ``FINAL_MEANS``/``FINAL_VARS``/``FINAL_MODEL_VARS`` (NaN where not
+  kept), ``COVARIANCES`` and ``COVARIANCES_SQRT_WEIGHTS`` (N x S x S);
+* with ``doFullCovariance``: ``A_MATRIX``, ``B_MATRIX``, ``NOISE_MATRIX``
+  (``fullCovarianceRange`` square; NaN otherwise);
+* what ip_isr has no column for, as ``CPC_*`` columns: ``CPC_BAD``,
+  ``CPC_FLAGS``, ``CPC_REASON``, ``CPC_GAIN_QUICK(_ERR)``,
+  ``CPC_ROW_NOISE_FACTOR``, ``CPC_TURNOFF_ELECTRONS``, ``CPC_CHI2``,
+  ``CPC_DOF``, ``CPC_FIT_STATUS``, ``CPC_N_POINTS``, ``CPC_N_KEPT``, the
+  per-pair ``CPC_NPIX``, ``CPC_INVALID``, ``CPC_ABOVE_GAP``,
+  ``CPC_SATURATED``, ``CPC_LOW_VARIANCE``, ``CPC_OUTLIER``,
+  ``CPC_MODEL_VARIANCES`` (the model at every pair, for plots),
+  ``CPC_COV_NPAIRS``, and the ``CPC_FULLCOV_*`` fit results.
 
-The table metadata (read with ``parameters={"strip_astropy_meta_yaml":
-False}``) holds the identity keys (``CALIB_*``) and counts.
+A bad amplifier is listed in ``BAD_AMPS`` and has NaN gain, noise and fit
+parameters: the parameters of a fit that must not be trusted are never
+reported as if they were good.
+`lsst.cpcombined.repo.calib_tables.ptc_amp_results` gives cp_combined's
+per-amplifier view (``gain``, ``noise``, ``a00``, ``means``, ``kept``,
+``flags``...).
 """
 
 from __future__ import annotations
@@ -52,12 +58,12 @@ from lsst.pipe.base import connectionTypes as cT
 from ..algorithms import ptc as ptc_algo
 from ..errors import CpInputError
 from ..obs.instrument import get_instrument
-from ..repo.products import calib_metadata
+from ..repo.calib_tables import PTC_CALIBCLS, PTC_SCHEMA, PTC_VERSION, calib_identity, ptc_table
 
 
 class CpPtcSolveConnections(PipelineTaskConnections, dimensions=("instrument", "detector")):
     inputCovariances = cT.Input(
-        name="cpPtcExtract",
+        name="cpcPtcExtract",
         doc="Per (flat pair, amplifier) measurements from CpPtcExtractTask.",
         storageClass="ArrowAstropy",
         dimensions=("instrument", "detector"),
@@ -65,10 +71,11 @@ class CpPtcSolveConnections(PipelineTaskConnections, dimensions=("instrument", "
     outputPtc = cT.Output(
         name="ptc",
         doc=(
-            "Photon transfer curve: one row per amplifier with gain, read noise, a00, turnoff, their "
-            "errors, flags, and the per-pair arrays for plots."
+            "Photon transfer curve in ip_isr's layout (version 2.6): one row per amplifier with gain, "
+            "read noise, fit parameters, turnoff, their errors, the per-pair arrays, and cp_combined's "
+            "flags as CPC_ columns."
         ),
-        storageClass="ArrowAstropy",
+        storageClass="PhotonTransferCurveDataset",
         dimensions=("instrument", "detector"),
         isCalibration=True,
     )
@@ -174,14 +181,15 @@ class CpPtcSolveTask(PipelineTask):
         Parameters
         ----------
         inputCovariances
-            The ``cpPtcExtract`` table.
+            The ``cpcPtcExtract`` table.
         instrument, detector
             Data ID values.
 
         Returns
         -------
         struct
-            ``outputPtc``: `astropy.table.Table`, one row per amplifier.
+            ``outputPtc``: `astropy.table.Table` in ip_isr's PTC layout, one
+            row per amplifier (see the module documentation).
 
         Raises
         ------
@@ -242,25 +250,40 @@ class CpPtcSolveTask(PipelineTask):
         if cfg.doFullCovariance:
             self._full_covariance(out, det.name)
         n_bad = int(np.count_nonzero(out["bad"]))
-        md = calib_metadata(
-            "ptc", instrument=instrument, detector=detector, detector_name=det.name, units="adu"
-        )
-        md.update(
-            CP_N_PAIRS=len(pairs),
-            CP_N_MEASURED_PAIRS=len(measured),
-            CP_N_BAD_AMPS=n_bad,
-            CP_BAD_AMPS=",".join(str(a) for a, b in zip(out["amplifier"], out["bad"]) if b),
-            CP_NOISE_CORRECTED=bool(cfg.correctOverscanNoise),
-            CP_FULL_COVARIANCE=bool(cfg.doFullCovariance),
-        )
-        out.meta.update(md)
         if n_bad == len(out):
             self.log.error(
                 "Every amplifier of %s has a bad PTC fit; the ptc is written with all amps flagged: %s",
                 det.name,
                 "; ".join(f"{a}: {r}" for a, r in zip(out["amplifier"], out["reason"])),
             )
-        return Struct(outputPtc=out)
+        md = calib_identity(
+            "PTC",
+            schema=PTC_SCHEMA,
+            version=PTC_VERSION,
+            calibcls=PTC_CALIBCLS,
+            instrument=instrument,
+            detector=detector,
+            detector_name=det.name,
+            detector_serial=det.serial,
+            unset="",
+        )
+        md.update(
+            CPC_N_PAIRS=len(pairs),
+            CPC_N_MEASURED_PAIRS=len(measured),
+            CPC_N_BAD_AMPS=n_bad,
+            CPC_NOISE_CORRECTED=bool(cfg.correctOverscanNoise),
+            CPC_FULL_COVARIANCE=bool(cfg.doFullCovariance),
+        )
+        cov_side = int(np.asarray(table["covariance"]).shape[-1])
+        ptc = ptc_table(
+            [_ptc_columns(row, cov_side) for row in out],
+            n_pairs=int(np.asarray(out["means"]).shape[1]),
+            cov_side=cov_side,
+            fit_side=cfg.fullCovarianceRange,
+            bad_amps=[str(a) for a, b in zip(out["amplifier"], out["bad"]) if b],
+            metadata=md,
+        )
+        return Struct(outputPtc=ptc)
 
     def _row(
         self, amp: str, sub: Table, res: ptc_algo.PtcAmpResult, detector_name: str, low: np.ndarray
@@ -345,6 +368,11 @@ class CpPtcSolveTask(PipelineTask):
             "outlier": np.asarray(res.outlier, dtype=bool),
             "covariances": np.asarray(sub["covariance"], dtype=np.float64),
             "cov_npairs": np.asarray(sub["cov_npairs"], dtype=np.float64),
+            "deltas": np.asarray(sub["mean2"], dtype=np.float64) - np.asarray(sub["mean1"], dtype=np.float64),
+            "mjd_start": _column(sub, "mjd_start"),
+            "overscan_levels": _column(sub, "overscan_level_adu"),
+            "overscan_noises": _column(sub, "overscan_noise_adu"),
+            "gain_pairs": _column(sub, "gain_pair"),
         }
 
     @staticmethod
@@ -425,6 +453,126 @@ class CpPtcSolveTask(PipelineTask):
         table["fullcov_chi2_dof"] = chi2
         table["fullcov_bad"] = bad
         table["fullcov_flags"] = np.array(flags, dtype=str)
+
+
+def _column(table: Table, name: str) -> np.ndarray:
+    """A float column of the extract table (NaN if the table has none)."""
+    if name not in table.colnames:
+        return np.full(len(table), np.nan)
+    return np.asarray(table[name], dtype=np.float64)
+
+
+def _turnoff_sampling_error(means: np.ndarray, kept: np.ndarray) -> float:
+    """Half the spacing of the points around the turnoff, as cp_pipe
+    computes it (the whole spacing below it for the last point)."""
+    order = np.argsort(np.where(np.isfinite(means), means, np.inf), kind="stable")
+    mu, keep = means[order], kept[order]
+    if np.count_nonzero(keep) < 2:
+        return math.nan
+    last = int(np.nonzero(keep)[0][-1])
+    below = mu[last - 1]
+    if last == len(mu) - 1 or not np.isfinite(mu[last + 1]):
+        return float(mu[last] - below)
+    return float((mu[last + 1] - below) / 2.0)
+
+
+def _ptc_columns(row: Any, cov_side: int) -> dict[str, Any]:
+    """ip_isr PTC columns (and ``CPC_`` extras) of one amplifier's row of
+    the solve's own table."""
+    kept = np.asarray(row["kept"], dtype=bool)
+    means = np.asarray(row["means"], dtype=np.float64)
+    variances = np.asarray(row["variances"], dtype=np.float64)
+    model = np.asarray(row["model_variances"], dtype=np.float64)
+    npix = np.asarray(row["npix"], dtype=np.float64)
+    cov = np.asarray(row["covariances"], dtype=np.float64)
+    npairs = np.asarray(row["cov_npairs"], dtype=np.float64)
+    levels = np.asarray(row["overscan_levels"], dtype=np.float64)
+    bad = bool(row["bad"])
+    n = len(means)
+    # Weights of the covariances as cp_pipe's extraction defines them:
+    # 1/sqrt(Var(C_ij)) with Var(C_ij) = C00^2/n_ij (twice that for C00).
+    c00 = cov[:, :1, :1] if n else np.zeros((0, 1, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vcov = c00**2 / npairs
+        vcov[:, 0, 0] *= 2.0
+        weights = np.nan_to_num(1.0 / np.sqrt(vcov), nan=0.0, posinf=0.0, neginf=0.0)
+    level_kept = levels[kept & np.isfinite(levels)]
+    if bad or level_kept.size == 0:
+        level_median = level_sigma = math.nan
+    else:
+        level_median = float(np.median(level_kept))
+        level_sigma = float(1.4826 * np.median(np.abs(level_kept - level_median)))
+    valid_npix = npix[np.isfinite(npix) & (npix > 0)]
+    gain = float(row["gain"])
+    dof = float(row["dof"])
+    chi2 = float(row["chi2"])
+    out: dict[str, Any] = {
+        "AMPLIFIER_NAME": str(row["amplifier"]),
+        "INPUT_EXP_ID_PAIRS": np.stack(
+            [np.asarray(row[f"exposure{k}"], dtype=np.int64) for k in (1, 2)], axis=-1
+        ),
+        "INPUT_EXP_PAIR_MJD_START": np.asarray(row["mjd_start"], dtype=np.float64),
+        "EXP_ID_MASK": kept,
+        "EXP_ID_ROLLOFF_MASK": np.zeros(n, dtype=bool),
+        "RAW_EXP_TIMES": np.asarray(row["exp_times"], dtype=np.float64),
+        "RAW_MEANS": means,
+        "RAW_VARS": variances,
+        "RAW_DELTAS": np.asarray(row["deltas"], dtype=np.float64),
+        "GAIN": gain,
+        "GAIN_ERR": float(row["gain_err"]),
+        "GAIN_UNADJUSTED": gain,
+        "GAIN_LIST": np.asarray(row["gain_pairs"], dtype=np.float64),
+        "OVERSCAN_MEDIAN_LIST": levels,
+        "OVERSCAN_MEDIAN": level_median,
+        "OVERSCAN_MEDIAN_SIGMA": level_sigma,
+        "NOISE_LIST": np.asarray(row["overscan_noises"], dtype=np.float64),
+        "NOISE": float(row["noise"]),
+        "NOISE_ERR": float(row["noise_err"]),
+        "PTC_FIT_PARS": [float(row["a00"]), gain, float(row["n00"])],
+        "PTC_FIT_PARS_ERROR": [float(row["a00_err"]), float(row["gain_err"]), float(row["n00_err"])],
+        "PTC_FIT_CHI_SQ": chi2 / dof if dof > 0 and math.isfinite(chi2) else math.nan,
+        "PTC_TURNOFF": float(row["turnoff"]),
+        "PTC_TURNOFF_SAMPLING_ERROR": math.nan if bad else _turnoff_sampling_error(means, kept),
+        "NPIXEL_COVARIANCES": int(np.median(valid_npix)) if valid_npix.size else -1,
+        "COVARIANCES": cov.reshape(n, cov_side, cov_side),
+        "COVARIANCES_SQRT_WEIGHTS": weights.reshape(n, cov_side, cov_side),
+        "FINAL_VARS": np.where(kept, variances, np.nan),
+        "FINAL_MODEL_VARS": np.where(kept, model, np.nan),
+        "FINAL_MEANS": np.where(kept, means, np.nan),
+        "CPC_BAD": bad,
+        "CPC_FLAGS": str(row["flags"]),
+        "CPC_REASON": str(row["reason"]),
+        "CPC_GAIN_QUICK": float(row["gain_quick"]),
+        "CPC_GAIN_QUICK_ERR": float(row["gain_quick_err"]),
+        "CPC_ROW_NOISE_FACTOR": float(row["row_noise_factor"]),
+        "CPC_TURNOFF_ELECTRONS": float(row["turnoff_electrons"]),
+        "CPC_CHI2": chi2,
+        "CPC_DOF": int(row["dof"]),
+        "CPC_FIT_STATUS": int(row["fit_status"]),
+        "CPC_N_POINTS": int(row["n_points"]),
+        "CPC_N_KEPT": int(row["n_kept"]),
+        "CPC_NPIX": npix,
+        "CPC_INVALID": np.asarray(row["invalid"], dtype=bool),
+        "CPC_ABOVE_GAP": np.asarray(row["above_gap"], dtype=bool),
+        "CPC_SATURATED": np.asarray(row["saturated"], dtype=bool),
+        "CPC_LOW_VARIANCE": np.asarray(row["low_variance"], dtype=bool),
+        "CPC_OUTLIER": np.asarray(row["outlier"], dtype=bool),
+        "CPC_MODEL_VARIANCES": model,
+        "CPC_COV_NPAIRS": npairs.reshape(n, cov_side * cov_side).ravel(),
+    }
+    if "fullcov_gain" in row.colnames:
+        out.update(
+            A_MATRIX=np.asarray(row["fullcov_a"], dtype=np.float64).ravel(),
+            B_MATRIX=np.asarray(row["fullcov_b"], dtype=np.float64).ravel(),
+            NOISE_MATRIX=np.asarray(row["fullcov_noise"], dtype=np.float64).ravel(),
+            CPC_FULLCOV_GAIN=float(row["fullcov_gain"]),
+            CPC_FULLCOV_GAIN_ERR=float(row["fullcov_gain_err"]),
+            CPC_FULLCOV_A_ERR=np.asarray(row["fullcov_a_err"], dtype=np.float64).ravel(),
+            CPC_FULLCOV_CHI2_DOF=float(row["fullcov_chi2_dof"]),
+            CPC_FULLCOV_BAD=bool(row["fullcov_bad"]),
+            CPC_FULLCOV_FLAGS=str(row["fullcov_flags"]),
+        )
+    return out
 
 
 def _measurement(row: Any) -> ptc_algo.PairMeasurement:
