@@ -25,6 +25,8 @@ import yaml
 from conftest import postgres_database, run_cp_pipeline
 from lsst.cpcombined.obs.ingest import ingest_raws
 from lsst.cpcombined.repo.create import create_repo
+from lsst.cpcombined.repo.exposure_fits import read_exposure_fits
+from lsst.cpcombined.repo.products import read_input_provenance
 from lsst.cpcombined.script.bps import (
     BpsPipelineService,
     bps_environment,
@@ -144,10 +146,12 @@ def test_procedure_through_bps_matches_inprocess(bps_vs_inprocess):
     for calib, n_inputs in (("bias", N_BIAS), ("dark", N_DARK)):
         # Combined products: bit-identical to the in-process run on SQLite.
         gen = ns.summary.calibrations[calib].generated_collection
-        a = ns.pg.get(calib, instrument="LATISS", detector=0, collections=gen)
-        b = ns.sq.get(calib, instrument="LATISS", detector=0, collections=f"gen/{calib}")
+        a = read_exposure_fits(ns.pg.getURI(calib, instrument="LATISS", detector=0, collections=gen).ospath)
+        b = read_exposure_fits(
+            ns.sq.getURI(calib, instrument="LATISS", detector=0, collections=f"gen/{calib}").ospath
+        )
         _same_image(a, b)
-        assert a.metadata["CP_NINPUTS"] == b.metadata["CP_NINPUTS"] == n_inputs
+        assert len(read_input_provenance(a.metadata)) == len(read_input_provenance(b.metadata)) == n_inputs
         # Verification: same per-amp results, statistics and decision.
         label = calib.capitalize()
         ver = ns.summary.calibrations[calib].verification_collection
@@ -155,9 +159,9 @@ def test_procedure_through_bps_matches_inprocess(bps_vs_inprocess):
                     ns.sq.get(f"verify{label}Results", instrument="LATISS", collections=f"verify/{calib}"))
         sa = ns.pg.get(f"verify{label}Stats", instrument="LATISS", collections=ver)
         sb = ns.sq.get(f"verify{label}Stats", instrument="LATISS", collections=f"verify/{calib}")
-        assert sa["SUCCESS"] == sb["SUCCESS"] and sa["FAILURES"] == sb["FAILURES"]
-        da = ns.pg.get(f"verify{label}Decision", instrument="LATISS", collections=ver)
-        db = ns.sq.get(f"verify{label}Decision", instrument="LATISS", collections=f"verify/{calib}")
+        assert sa["SUCCESS"] == sb["SUCCESS"] and len(sa) == len(sb)
+        da = ns.pg.get(f"cpcVerify{label}Decision", instrument="LATISS", collections=ver)
+        db = ns.sq.get(f"cpcVerify{label}Decision", instrument="LATISS", collections=f"verify/{calib}")
         assert da["CERTIFY"] is db["CERTIFY"] is True
 
 

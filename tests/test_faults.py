@@ -206,7 +206,7 @@ def test_finished_run_is_not_replayed(tmp_path, fake_core, capsys):
     assert len(fake_core) == 2 and fake_core[0] != fake_core[1]
     err = capsys.readouterr().err
     assert f"Starting new run {fake_core[1]} (the last run with this configuration, {fake_core[0]}, succeeded" in err
-    states = {p.stem: json.loads(p.read_text())["status"] for p in (repo / "cpcombined" / "runs").glob("*.json")}
+    states = {p.stem: json.loads(p.read_text())["status"] for p in (repo / "cpcombined" / "runs" / "LATISS").glob("*.json")}
     assert states == {fake_core[0]: "succeeded", fake_core[1]: "succeeded"}
     with pytest.raises(ValueError, match="a finished run is not re-entered"):
         run_procedure(path, repo=repo, resume=fake_core[0])
@@ -217,7 +217,7 @@ def test_unfinished_run_is_resumed_and_moved_repository_still_resumes(tmp_path, 
     path = _config(tmp_path)
     run_procedure(path, repo=repo)
     # Leave the first run unfinished, as a kill does, then move the repository.
-    state_path = repo / "cpcombined" / "runs" / f"{fake_core[0]}.json"
+    state_path = repo / "cpcombined" / "runs" / "LATISS" / f"{fake_core[0]}.json"
     doc = json.loads(state_path.read_text())
     doc["status"] = "running"
     state_path.write_text(json.dumps(doc))
@@ -230,11 +230,11 @@ def test_unfinished_run_is_resumed_and_moved_repository_still_resumes(tmp_path, 
 
 def test_second_identical_run_fails_at_once(tmp_path):
     repo = tmp_path / "repo"
-    book = RunBook(repo)
+    book = RunBook(repo, "LATISS")
     with book.lock("(starting)"):
         book.set_lock_holder("20261204T000000Z")
-        with pytest.raises(RunInProgress, match="run 20261204T000000Z .* is already in progress"):
-            with RunBook(repo).lock():
+        with pytest.raises(RunInProgress, match="LATISS run 20261204T000000Z .* is already in progress"):
+            with RunBook(repo, "LATISS").lock():
                 pass
     # Through the command: one clear line.
     path = _config(tmp_path)
@@ -271,7 +271,7 @@ def test_second_identical_run_fails_at_once(tmp_path):
 def test_broken_state_file_names_the_file_and_the_fix(tmp_path, fake_core, capsys, content, fragment):
     repo = tmp_path / "repo"
     run_procedure(_config(tmp_path), repo=repo)
-    bad = repo / "cpcombined" / "runs" / "20200101T000000Z.json"
+    bad = repo / "cpcombined" / "runs" / "LATISS" / "20200101T000000Z.json"
     bad.write_text(content)
     with pytest.raises(StateFileError, match=fragment):
         run_procedure(_config(tmp_path), repo=repo)

@@ -114,7 +114,7 @@ def test_two_procedures_write_to_one_repo_at_once(postgres_url, tmp_path):
         path.write_text(yaml.safe_dump({
             **cfg, "generate_calibrations": True, "do_verify": True, "do_defects": False, "do_ptc": False,
             "certify_calib_begin_date": "2020-01-01", "certify_calib_end_date": "2050-01-01",
-            "execution": {"pipeline_mode": "inprocess"},
+            "execution": {"pipeline_mode": "inprocess"}, "certify_chain": f"{name}/calib",
         }))
         cmd = [sys.executable, "-c", "import sys; from lsst.cpcombined.cli.main import main; sys.exit(main())",
                "--log-level", "WARNING", "run", str(path), "--repo", str(root),

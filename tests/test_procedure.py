@@ -166,7 +166,7 @@ def test_killed_run_resumes_without_duplicates(tmp_path):
     deadline = time.monotonic() + 300
     killed = False
     while time.monotonic() < deadline and proc.poll() is None:
-        states = list((repo / "cpcombined" / "runs").glob("*.json")) if repo.exists() else []
+        states = list((repo / "cpcombined" / "runs" / "LATISS").glob("*.json")) if repo.exists() else []
         if states:
             state = json.loads(states[0].read_text())
             if "cpDark" in state.get("jobs", {}):
@@ -176,7 +176,7 @@ def test_killed_run_resumes_without_duplicates(tmp_path):
         time.sleep(0.2)
     proc.wait()
     assert killed, "the run finished before it could be killed"
-    state = json.loads(next((repo / "cpcombined" / "runs").glob("*.json")).read_text())
+    state = json.loads(next((repo / "cpcombined" / "runs" / "LATISS").glob("*.json")).read_text())
     acquired_before = state["acquired"]
     code, summary = run_procedure(path, repo=repo, summary_json=tmp_path / "s.json")
     assert code == 0, summary.error

@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ..repo.calib_tables import ptc_amp_results, read_defects, read_ptc
+from ..repo.exposure_fits import read_exposure_fits
+
 _LOG = logging.getLogger(__name__)
 
 _CSS = """
@@ -108,27 +111,32 @@ def _timings(summary: Any) -> str:
     )
 
 
-def _verify_results(butler: Any, instrument: str, calib_type: str, collection: str):
+def _verify_results(butler: Any, instrument: str, calib_type: str, collection: str, physical_filter: str):
     label = calib_type.capitalize()
-    return butler.get(f"verify{label}Results", instrument=instrument, collections=collection)
+    data_id = {"instrument": instrument}
+    if calib_type == "flat":
+        data_id["physical_filter"] = physical_filter
+    return butler.get(f"verify{label}Results", collections=collection, **data_id)
+
+
+def _stage(calib_type: str) -> str:
+    """Column prefix of a verification results table (cp_verify's stage name)."""
+    return calib_type.upper()
 
 
 def _verification_grid(table: Any, calib_type: str) -> str:
     plt = _plt()
+    stage = _stage(calib_type)
     cols = table.colnames
-    exposures = sorted({int(e) for e in table["EXPOSURE"]})
-    keys = sorted({(str(d), str(a)) for d, a in zip(table["DETECTOR"], table["AMP"])})
+    exposures = sorted({int(e) for e in table["exposure"]})
+    keys = sorted({(int(d), str(a)) for d, a in zip(table["detector"], table["amplifier"])})
     grid = np.full((len(exposures), len(keys)), np.nan)
-    success_col = "SUCCESS" if "SUCCESS" in cols else None
-    test_cols = [c for c in cols if c.startswith("TEST_")]
+    success_col = f"{stage}_VERIFY_SUCCESS"
+    test_cols = [c for c in cols if c.startswith(f"{stage}_VERIFY_") and c != success_col]
     for row in table:
-        i = exposures.index(int(row["EXPOSURE"]))
-        j = keys.index((str(row["DETECTOR"]), str(row["AMP"])))
-        if success_col:
-            ok = bool(row[success_col])
-        else:
-            ok = all(bool(row[c]) for c in test_cols)
-        grid[i, j] = 1.0 if ok else 0.0
+        i = exposures.index(int(row["exposure"]))
+        j = keys.index((int(row["detector"]), str(row["amplifier"])))
+        grid[i, j] = 1.0 if bool(row[success_col]) else 0.0
     fig, ax = plt.subplots(figsize=(max(4, 0.25 * len(keys) + 2), max(2, 0.22 * len(exposures) + 1.5)))
     from matplotlib.colors import ListedColormap
 
@@ -139,33 +147,36 @@ def _verification_grid(table: Any, calib_type: str) -> str:
     n_fail = int(np.nansum(grid == 0))
     failures = ""
     if test_cols:
-        counts = {c.removeprefix("TEST_"): int(np.sum(~np.asarray(table[c], dtype=bool))) for c in test_cols}
+        counts = {
+            c.removeprefix(f"{stage}_VERIFY_"): int(np.sum(~np.asarray(table[c], dtype=bool))) for c in test_cols
+        }
         failures = ", ".join(f"{k}: {v}" for k, v in counts.items())
     return _img(fig) + f"<p>{n_fail} failing amp-exposures. Failures per test: {_esc(failures or 'none')}.</p>"
 
 
 def _noise_mean_plot(table: Any, calib_type: str, thresholds: dict[str, float]) -> str:
     plt = _plt()
-    cols = table.colnames
-    keys = sorted({(str(d), str(a)) for d, a in zip(table["DETECTOR"], table["AMP"])})
+    stage = _stage(calib_type)
+    cols = {c.removeprefix(f"{stage}_"): c for c in table.colnames}
+    keys = sorted({(int(d), str(a)) for d, a in zip(table["detector"], table["amplifier"])})
     index = {k: i for i, k in enumerate(keys)}
-    x = np.array([index[(str(d), str(a))] for d, a in zip(table["DETECTOR"], table["AMP"])])
+    x = np.array([index[(int(d), str(a))] for d, a in zip(table["detector"], table["amplifier"])])
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
     if calib_type == "flat" and "NOISE_ADU" in cols and "SQRT_MEAN_ADU" in cols:
-        ratio = np.asarray(table["NOISE_ADU"], float) / np.asarray(table["SQRT_MEAN_ADU"], float)
+        ratio = np.asarray(table[cols["NOISE_ADU"]], float) / np.asarray(table[cols["SQRT_MEAN_ADU"]], float)
         axes[0].plot(x, ratio, "k.", ms=3)
         axes[0].axhline(1.0, color="r", lw=1, label="NOISE threshold: std ≤ √mean (ADU)")
         axes[0].set_ylabel("std / √mean (ADU)")
-        means = np.asarray(table["MEANCLIP" if "MEANCLIP" in cols else "MEAN"], float)
+        means = np.asarray(table[cols["MEANCLIP" if "MEANCLIP" in cols else "MEAN"]], float)
         axes[1].plot(x, means, "k.", ms=3)
         axes[1].set_ylabel("clipped mean (e-)")
     else:
-        noise = np.asarray(table["NOISE"], float)
-        rn = np.asarray(table["READ_NOISE"], float)
+        noise = np.asarray(table[cols["NOISE"]], float)
+        rn = np.asarray(table[cols["READ_NOISE"]], float)
         axes[0].plot(x, noise / rn - 1, "k.", ms=3)
         axes[0].axhline(thresholds.get("noise", 0.05), color="r", lw=1, label="NOISE threshold")
         axes[0].set_ylabel("(noise − read noise) / read noise")
-        mean = np.asarray(table["MEANCLIP" if "MEANCLIP" in cols else "MEAN"], float)
+        mean = np.asarray(table[cols["MEANCLIP" if "MEANCLIP" in cols else "MEAN"]], float)
         axes[1].plot(x, mean / noise, "k.", ms=3)
         for s in (-1, 1):
             axes[1].axhline(s, color="r", lw=1)
@@ -181,7 +192,8 @@ def _ptc_plots(butler: Any, instrument: str, collection: str, detectors: Iterabl
     plt = _plt()
     out = []
     for det in detectors:
-        table = butler.get("ptc", instrument=instrument, detector=det, collections=collection)
+        uri = butler.getURI("ptc", instrument=instrument, detector=det, collections=collection)
+        table = ptc_amp_results(read_ptc(uri.ospath))
         n = len(table)
         ncol = 4
         nrow = int(np.ceil(n / ncol))
@@ -234,13 +246,7 @@ def _defect_maps(butler: Any, instrument: str, collection: str, detectors: Itera
     plt = _plt()
     figs = []
     for det in detectors:
-        table = butler.get(
-            "defects",
-            instrument=instrument,
-            detector=det,
-            collections=collection,
-            parameters={"strip_astropy_meta_yaml": False},  # keeps the detector shape
-        )
+        table = read_defects(butler.getURI("defects", instrument=instrument, detector=det, collections=collection).ospath)
         mask = table_to_mask(table)
         fig, ax = plt.subplots(figsize=(4, 4))
         ax.imshow(mask, origin="lower", cmap="gray_r", interpolation="nearest")
@@ -261,7 +267,8 @@ def _thumbnails(butler: Any, instrument: str, summary: Any, detectors: Iterable[
             if calib_type == "flat":
                 data_id["physical_filter"] = physical_filter
             try:
-                mi = butler.get(calib_type, collections=out.generated_collection, **data_id)
+                uri = butler.getURI(calib_type, collections=out.generated_collection, **data_id)
+                mi = read_exposure_fits(uri.ospath)
             except Exception as err:
                 figs.append(f'<p class="note">{calib_type} detector {det}: {_esc(err)}</p>')
                 continue
@@ -312,7 +319,7 @@ def write_report(path: str | os.PathLike, summary: Any, *, repo: str, config: An
             continue
         parts.append(f"<h2>Verification: {calib_type}</h2>")
         try:
-            table = _verify_results(butler, instrument, calib_type, out.verification_collection)
+            table = _verify_results(butler, instrument, calib_type, out.verification_collection, config.filter)
         except Exception as err:
             parts.append(f'<p class="note">results table not available ({_esc(err)})</p>')
             continue

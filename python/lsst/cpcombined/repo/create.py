@@ -112,9 +112,15 @@ def create_repo(
     db = seed.get(("registry", "db"))
     if db is not None and str(db).startswith("postgresql"):
         ensure_postgres_extensions(str(db))
-    # An explicit butler.yaml: a directory name with a dot (daily_repo.v2)
-    # would otherwise be taken for a configuration file format.
-    Butler.makeRepo(os.fspath(root), config=seed, outfile=os.fspath(root / "butler.yaml"))
+    # An explicit butler.yaml (a directory name with a dot, daily_repo.v2,
+    # would otherwise be taken for a configuration file format), without
+    # the absolute root daf_butler then writes into it, so that the
+    # repository can be moved.
+    config_file = root / "butler.yaml"
+    Butler.makeRepo(os.fspath(root), config=seed, outfile=os.fspath(config_file))
+    written = Config(os.fspath(config_file))
+    del written["root"]
+    written.dumpToUri(os.fspath(config_file), overwrite=True)
     butler = Butler.from_config(os.fspath(root), writeable=True)
     if register_instruments:
         for instrument in instruments():

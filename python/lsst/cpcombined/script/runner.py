@@ -221,8 +221,8 @@ def run_procedure(
     Everything that can be checked is checked before the first exposure is
     taken: the configuration (dates, combinations), the output files, the
     repository (a directory, writable), the collections named by the
-    configuration; then the repository's run lock is taken (one run at a
-    time) and the run to work on is chosen (`RunBook.start`: an unfinished
+    configuration; then the instrument's run lock is taken (one run per
+    instrument at a time) and the run to work on is chosen (`RunBook.start`: an unfinished
     run with the same configuration is resumed, a finished one is not
     repeated).
 
@@ -259,7 +259,7 @@ def run_procedure(
     summary_json = _check_writable_file(summary_json, "--summary-json") if summary_json else None
     report = _check_writable_file(report, "--report") if report else None
     exists = _check_repo_path(repo)
-    book = RunBook(repo)
+    book = RunBook(repo, run_cfg.instrument)
     with book.lock(run_hint="(starting)"):
         if exists:
             _check_collections(Butler.from_config(str(repo)), cfg, repo)

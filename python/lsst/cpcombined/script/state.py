@@ -1,7 +1,7 @@
 """Persistent progress of procedure runs: which run to start or resume.
 
 Every run of the procedure on a repository has a run id and a state file,
-``REPO/cpcombined/runs/<run id>.json``, updated atomically after every step
+``REPO/cpcombined/runs/<instrument>/<run id>.json``, updated atomically after every step
 (exposures acquired, jobs finished) and holding the run's status:
 
 ``running``
@@ -20,8 +20,9 @@ Every run of the procedure on a repository has a run id and a state file,
   (a finished run with the same configuration is reported, not replayed:
   tomorrow's daily run takes new exposures).
 
-Only one run at a time works on a repository (`RunBook.lock`): a second
-invocation fails at once naming the run in progress.
+Only one run per instrument at a time works on a repository
+(`RunBook.lock`): a second invocation fails at once naming the run in
+progress (runs of different instruments may share a repository).
 """
 
 from __future__ import annotations
@@ -189,17 +190,21 @@ class RunSelection:
 
 
 class RunBook:
-    """The runs of one repository (``REPO/cpcombined/runs``).
+    """The runs of one instrument in one repository
+    (``REPO/cpcombined/runs/<instrument>``).
 
     Parameters
     ----------
     repo
         Repository root directory.
+    instrument
+        Instrument name.
     """
 
-    def __init__(self, repo: str | os.PathLike) -> None:
+    def __init__(self, repo: str | os.PathLike, instrument: str) -> None:
         self.repo = Path(repo)
-        self.directory = self.repo / "cpcombined" / "runs"
+        self.instrument = instrument
+        self.directory = self.repo / "cpcombined" / "runs" / instrument
 
     def _states(self) -> list[RunState]:
         if not self.directory.is_dir():
@@ -238,8 +243,8 @@ class RunBook:
             except BlockingIOError:
                 holder = Path(path).read_text().strip() or "another run"
                 raise RunInProgress(
-                    f"{holder} is already in progress on {self.repo}; wait for it to end (or stop it) "
-                    "before starting another run on this repository"
+                    f"{self.instrument} {holder} is already in progress on {self.repo}; wait for it to end "
+                    f"(or stop it) before starting another {self.instrument} run on this repository"
                 ) from None
             os.ftruncate(fd, 0)
             os.write(fd, f"run {run_hint} (pid {os.getpid()})".encode())
