@@ -299,3 +299,128 @@ def test_init_edge_cases(tmp_path, capsys, monkeypatch):
     assert cli_main(["init", "afile"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a file" in err[0]
+
+
+# -- ingest ---------------------------------------------------------------------------------
+
+
+def _simulated_raw_files(directory: Path, n: int = 2, image_type: str = "bias") -> list[Path]:
+    """Simulated LATISS raw files written to ``directory`` (not ingested)."""
+    from lsst.cpcombined.obs.instrument import get_instrument
+    from lsst.cpcombined.obs.raw import write_raw_file
+    from lsst.cpcombined.simulation import SimulationTruth
+    from lsst.cpcombined.simulation.camera import primary_header
+    from lsst.cpcombined.simulation.sensor import simulate_raw_amps
+    from astropy.time import Time
+
+    truth = SimulationTruth("LATISS", {"seed": 9, "geometry_scale": 0.0625})
+    inst = get_instrument("LATISS")
+    det = inst.camera_description.detectors[0]
+    directory.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        seq = 100 + i
+        hdr = primary_header(
+            inst, det, image_type=image_type, obs_id=inst.make_obs_id("O", 20261203, seq), day_obs=20261203,
+            seq_num=seq, controller="O", begin=Time(f"2026-12-03T20:00:0{i}", scale="tai"),
+            exposure_time=0.0, dark_time=0.3, physical_filter="empty~empty", group_id=f"g{i}",
+        )
+        amps = simulate_raw_amps(truth, det.id, image_type, 0.0, 0.3, i, truth.exposure_rng(i, det.id))
+        path = directory / f"raw{i}.fits"
+        write_raw_file(path, hdr, amps, truth.layout, compress=True)
+        files.append(path)
+    return files
+
+
+def _edit_header(path: Path, out: Path, **cards) -> Path:
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        for key, value in cards.items():
+            if value is None:
+                del hdul[0].header[key]
+            else:
+                hdul[0].header[key] = value
+        hdul.writeto(out, overwrite=True)
+    return out
+
+
+def test_ingest_of_relative_paths_and_no_empty_collection_on_failure(tmp_path, monkeypatch, capsys):
+    repo = tmp_path / "repo"
+    assert cli_main(["init", str(repo)]) == 0
+    files = _simulated_raw_files(tmp_path / "raws")
+    monkeypatch.chdir(tmp_path / "raws")
+    # A bad file among good ones: nothing at all, not even the RUN.
+    Path("junk.fits").write_text("not fits")
+    assert cli_main(["ingest", str(repo), "raw0.fits", "junk.fits"]) == 1
+    butler = Butler.from_config(str(repo))
+    assert not list(butler.collections.query("LATISS/raw/*"))
+    # Relative names of good files.
+    assert cli_main(["ingest", str(repo), *(f.name for f in files)]) == 0
+    assert "ingested 2 file(s)" in capsys.readouterr().out
+    assert _n_exposures(repo) == 2
+    # A relative staging directory for the simulator.
+    assert cli_main(["simulate", str(repo), "--instrument", "LATISS", "--image-type", "bias", "--count", "1",
+                     "--geometry-scale", "0.0625", "--staging-dir", "stage"]) == 0
+    assert _n_exposures(repo) == 3
+
+
+@pytest.mark.parametrize(
+    "cards, fragment",
+    [
+        ({"IMGTYPE": None, "TESTTYPE": None}, "no image type"),
+        ({"IMGTYPE": "UNKNOWN", "TESTTYPE": None}, "no image type"),
+        ({"IMGTYPE": "BANANA", "TESTTYPE": None}, "unknown image type 'BANANA'"),
+        ({"EXPTIME": -5.0}, "EXPTIME -5.0 is negative"),
+        ({"EXPTIME": None}, "no EXPTIME"),
+        ({"DATE-OBS": "yesterday", "DATE-BEG": None, "MJD-BEG": None}, "DATE-OBS 'yesterday' is not a date"),
+    ],
+)
+def test_ingest_refuses_bad_metadata(tmp_path, capsys, cards, fragment):
+    repo = tmp_path / "repo"
+    assert cli_main(["init", str(repo)]) == 0
+    good = _simulated_raw_files(tmp_path / "raws", n=1)[0]
+    bad = _edit_header(good, tmp_path / "bad.fits", **cards)
+    capsys.readouterr()
+    assert cli_main(["ingest", str(repo), str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+    assert _n_exposures(repo) == 0
+    odd_only = all(k in ("IMGTYPE", "TESTTYPE", "EXPTIME") for k in cards) and cards.get("EXPTIME") is None
+    if odd_only and "BANANA" not in str(cards.get("IMGTYPE")):
+        # A known-odd header is accepted when asked.
+        assert cli_main(["ingest", "--allow-odd-headers", str(repo), str(bad)]) == 0
+
+
+def test_skip_bad_skips_every_bad_file_and_bogus_transfer(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    assert cli_main(["init", str(repo)]) == 0
+    good, other = _simulated_raw_files(tmp_path / "raws")
+    truncated = tmp_path / "truncated.fits"
+    truncated.write_bytes(other.read_bytes()[: other.stat().st_size // 2])
+    assert cli_main(["ingest", "--skip-bad", str(repo), str(good), str(truncated)]) == 1
+    captured = capsys.readouterr()
+    assert "ingested 1 file(s)" in captured.out and "truncated.fits" in captured.err
+    assert "Traceback" not in captured.err
+    with pytest.raises(SystemExit):
+        cli_main(["ingest", "--transfer", "bogus", str(repo), str(other)])
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_interrupted_ingest_leaves_no_orphan(tmp_path):
+    from lsst.cpcombined.obs.ingest import ingest_raws
+    from lsst.cpcombined.repo.create import create_repo
+
+    butler = create_repo(tmp_path / "repo")
+    (raw,) = _simulated_raw_files(tmp_path / "raws", n=1)
+    ingest_raws(butler, [raw])
+    uri = butler.getURI("raw", instrument="LATISS", detector=0, exposure=2026120300100,
+                        collections="LATISS/raw/all")
+    # What a kill between the file copy and the registry commit leaves: the
+    # file in the datastore, no record.
+    refs = list(butler.query_datasets("raw", collections="LATISS/raw/all", explain=False))
+    butler.pruneDatasets(refs, disassociate=True, unstore=True, purge=True)
+    shutil.copy(raw, uri.ospath)
+    ingest_raws(butler, [raw])
+    stored = {str(p) for p in (tmp_path / "repo" / "LATISS").rglob("*.fits")}
+    assert stored == {uri.ospath}

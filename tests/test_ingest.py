@@ -128,7 +128,7 @@ def _state(butler):
 def test_real_raw_files(repo, real_data):
     files = sorted(str(p) for p in (real_data / "raw").glob("*.fits"))
     assert len(files) == 2
-    result = ingest_raws(repo, files)
+    result = ingest_raws(repo, files, allow_odd=True)
     assert result.exposures == [3018092000065, 3019053000001]
     # The records obs_base writes.
     exposures = {r.id: r for r in repo.registry.queryDimensionRecords("exposure")}
@@ -176,9 +176,9 @@ def test_real_raw_files(repo, real_data):
 
 def test_reingest_is_noop(repo, real_data):
     files = sorted(str(p) for p in (real_data / "raw").glob("*.fits"))
-    ingest_raws(repo, files)
+    ingest_raws(repo, files, allow_odd=True)
     before = _state(repo)
-    again = ingest_raws(repo, files)
+    again = ingest_raws(repo, files, allow_odd=True)
     assert len(again.ingested) == 0 and len(again.already_present) == 2
     assert _state(repo) == before
 
@@ -204,7 +204,7 @@ def test_bad_files_leave_repo_unchanged(repo, real_data, tmp_path):
         (foreign, "not a LATISS or LSSTComCam raw file"),
     ]:
         with pytest.raises(IngestError, match=pattern):
-            ingest_raws(repo, [good, str(bad)])
+            ingest_raws(repo, [good, str(bad)], allow_odd=True)
         assert _state(repo) == before
     # A real ComCam file when LATISS was asked for.
     with pytest.raises(IngestError, match="a LSSTComCam file, but ingest was asked for LATISS"):
@@ -212,21 +212,21 @@ def test_bad_files_leave_repo_unchanged(repo, real_data, tmp_path):
                     instrument="LATISS")
     assert _state(repo) == before
     # skip_bad ingests only the good one and reports the others.
-    result = ingest_raws(repo, [good, str(text), str(foreign)], skip_bad=True)
+    result = ingest_raws(repo, [good, str(text), str(foreign)], skip_bad=True, allow_odd=True)
     assert [i.path for i in result.ingested] == [good]
     assert set(result.failed) == {str(text), str(foreign)}
 
 
 def test_different_file_same_exposure_is_error(repo, real_data, tmp_path):
     src = real_data / "raw" / "latiss-3018092000065-det000.fits"
-    ingest_raws(repo, [str(src)])
+    ingest_raws(repo, [str(src)], allow_odd=True)
     before = _state(repo)
     with fits.open(src) as hdul:
         hdul[1].data[0, 0] = 7  # same header, different pixels
         changed = tmp_path / "changed.fits"
         hdul.writeto(changed)
     with pytest.raises(IngestError, match="a different file is already ingested"):
-        ingest_raws(repo, [str(changed)])
+        ingest_raws(repo, [str(changed)], allow_odd=True)
     assert _state(repo) == before
 
 
@@ -278,7 +278,7 @@ def test_ingest_into_obs_lsst_registered_repo(tmp_path, real_data):
     _write_obs_lsst_records(butler, "LATISS")
     (inst,) = butler.registry.queryDimensionRecords("instrument")
     assert inst.class_name == "lsst.obs.lsst.Latiss"
-    result = ingest_raws(butler, [str(real_data / "raw" / "latiss-3018092000065-det000.fits")])
+    result = ingest_raws(butler, [str(real_data / "raw" / "latiss-3018092000065-det000.fits")], allow_odd=True)
     assert result.exposures == [3018092000065]
     (rec,) = butler.registry.queryDimensionRecords("exposure")
     _check_exposure(rec, OBS_BASE_EXPOSURES["latiss-3018092000065-det000.fits"])

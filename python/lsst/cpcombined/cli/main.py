@@ -83,8 +83,21 @@ def _ingest_args(p: argparse.ArgumentParser):
     p.add_argument("files", nargs="+", help="Raw FITS files.")
     p.add_argument("--instrument", help="Require every file to be of this instrument.")
     p.add_argument("--run", help="RUN collection (default INSTRUMENT/raw/all).")
-    p.add_argument("--transfer", default="copy", help="Transfer mode: copy (default), move, link, symlink, direct.")
+    p.add_argument(
+        "--transfer",
+        default="copy",
+        choices=("copy", "move", "link", "hardlink", "symlink", "relsymlink", "direct", "auto"),
+        help="How files get into the datastore (default copy).",
+    )
     p.add_argument("--skip-bad", action="store_true", help="Ingest the good files even if some are bad.")
+    p.add_argument(
+        "--allow-odd-headers",
+        action="store_true",
+        help=(
+            "Accept raws with no or an unknown image type, or no EXPTIME (exposure time -1 s), as obs_lsst's "
+            "translator does for known odd real headers."
+        ),
+    )
     p.add_argument("--no-pixel-check", action="store_true", help="Do not read the pixels before ingesting.")
 
     def run(args: argparse.Namespace) -> int:
@@ -98,6 +111,7 @@ def _ingest_args(p: argparse.ArgumentParser):
             transfer=args.transfer,
             check_pixels=not args.no_pixel_check,
             skip_bad=args.skip_bad,
+            allow_odd=args.allow_odd_headers,
         )
         for path, msg in result.failed.items():
             print(f"FAILED {msg}", file=sys.stderr)

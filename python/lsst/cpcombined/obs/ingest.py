@@ -51,7 +51,9 @@ __all__ = (
 import dataclasses
 import hashlib
 import logging
+import glob
 import os
+from pathlib import Path
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -248,13 +250,83 @@ def translate_raw_header(path: str | os.PathLike) -> tuple[str, ObservationInfo]
         Not a LATISS or LSSTComCam raw, or an untranslatable header.
     """
     path = os.fspath(path)
+    return translate_header(_ingest_header(path), path)
+
+
+def _ingest_header(path: str) -> dict[str, Any]:
+    """The header obs_base's ingest translates: the primary, merged with
+    the first extension's when no translator recognises the primary alone."""
     header = read_primary_header(path)
     if _our_translator(header, path) is None:
         header = {**header, **read_hdu_header(path, 1)}
-    return translate_header(header, path)
+    return header
 
 
-def inspect_raw_file(path: str, *, instrument: str | None = None, check_pixels: bool = True) -> RawFileInfo:
+#: Observation types of Rubin camera raws (obs_lsst's translations of IMGTYPE).
+KNOWN_OBSERVATION_TYPES = frozenset(
+    {
+        "bias", "dark", "flat", "science", "engtest", "acq", "focus", "cwfs", "spot", "stuttered",
+        "labobject", "flat_sky", "sflat", "dflat", "dome_flat", "twilight",
+    }
+)
+
+#: Transfer modes of `ingest_raws` (those of ``butler.ingest`` that place a
+#: file in or point to it from the datastore).
+TRANSFER_MODES = ("copy", "move", "link", "hardlink", "symlink", "relsymlink", "direct", "auto")
+
+
+def check_metadata(info: ObservationInfo, header: Mapping[str, Any], path: str, *, allow_odd: bool = False) -> None:
+    """Refuse a raw whose header cannot describe a usable exposure.
+
+    Always refused: an explicitly negative ``EXPTIME``, a ``DATE-OBS`` or
+    ``DATE-BEG`` that is not a date.  Refused unless ``allow_odd`` (known
+    odd real headers, which obs_lsst's translator accepts the same way): no
+    or an unknown image type (observation type ``unknown`` or not a Rubin
+    image type) and a missing ``EXPTIME`` (exposure time -1 s).
+
+    Raises
+    ------
+    ValueError
+        One line naming the file, the problem and the fix.
+    """
+    import astropy.time
+
+    for key in ("DATE-OBS", "DATE-BEG"):
+        value = header.get(key)
+        if value not in (None, ""):
+            try:
+                astropy.time.Time(str(value), format="isot")
+            except ValueError:
+                raise ValueError(f"{path}: {key} {value!r} is not a date (YYYY-MM-DDThh:mm:ss)") from None
+    exptime = header.get("EXPTIME")
+    if exptime is not None:
+        try:
+            bad = float(exptime) < 0
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: EXPTIME {exptime!r} is not a number") from None
+        if bad:
+            raise ValueError(f"{path}: EXPTIME {exptime} is negative")
+    odd = []
+    obstype = str(info.observation_type or "unknown")
+    declared = next((header.get(k) for k in ("IMGTYPE", "OBSTYPE") if header.get(k) not in (None, "")), None)
+    if declared is None or str(declared).strip().upper() == "UNKNOWN" or obstype == "unknown":
+        # (obs_lsst's LATISS translator guesses 'bias' for a zero-length
+        # exposure without an image type: a guess, not the camera's word.)
+        odd.append("no image type (IMGTYPE missing or UNKNOWN)")
+    elif obstype not in KNOWN_OBSERVATION_TYPES:
+        odd.append(f"unknown image type {header.get('IMGTYPE', obstype)!r}")
+    if exptime is None:
+        odd.append("no EXPTIME (exposure time -1 s)")
+    if odd and not allow_odd:
+        raise ValueError(
+            f"{path}: {'; '.join(odd)}; ingest it with --allow-odd-headers if this raw is known to be so "
+            "(as obs_lsst's translator accepts it)"
+        )
+
+
+def inspect_raw_file(
+    path: str, *, instrument: str | None = None, check_pixels: bool = True, allow_odd: bool = False
+) -> RawFileInfo:
     """Read and translate one raw file's header, checking it is ingestible.
 
     Parameters
@@ -265,16 +337,20 @@ def inspect_raw_file(path: str, *, instrument: str | None = None, check_pixels: 
         Expected instrument; a file of another instrument is an error.
     check_pixels
         Also read every amplifier's pixels (catches truncated/corrupt data).
+    allow_odd
+        Accept known-odd headers (see `check_metadata`).
 
     Raises
     ------
     RawFormatError
         Not a readable raw camera file.
     ValueError
-        A raw file of another (or unknown) instrument, or an untranslatable
-        header.
+        A raw file of another (or unknown) instrument, an untranslatable
+        header, or metadata that cannot describe a usable exposure.
     """
-    file_instrument, obs_info = translate_raw_header(path)
+    header = _ingest_header(path)
+    file_instrument, obs_info = translate_header(header, path)
+    check_metadata(obs_info, header, path, allow_odd=allow_odd)
     if instrument is not None and file_instrument != instrument:
         raise ValueError(f"{path}: a {file_instrument} file, but ingest was asked for {instrument}")
     layout = read_raw_layout(path)
@@ -388,6 +464,7 @@ def ingest_raws(
     transfer: str | None = "copy",
     check_pixels: bool = True,
     skip_bad: bool = False,
+    allow_odd: bool = False,
 ) -> IngestResult:
     """Ingest raw files into ``butler``.
 
@@ -402,13 +479,17 @@ def ingest_raws(
     run
         RUN collection (default ``<instrument>/raw/all``).
     transfer
-        Datastore transfer mode (``copy``, ``move``, ``link``, ``direct``...).
+        Datastore transfer mode, one of `TRANSFER_MODES`.  Relative file
+        names are relative to the current directory.
     check_pixels
         Read every file's pixels before registering anything.
     skip_bad
         Ingest the good files even if some are bad (they are reported in
         `IngestResult.failed`); by default one bad file aborts the whole
         ingest before anything is registered.
+    allow_odd
+        Accept known-odd headers (no image type, no EXPTIME; see
+        `check_metadata`).
 
     Raises
     ------
@@ -416,17 +497,21 @@ def ingest_raws(
         If a file is bad (and ``skip_bad`` is false) or conflicts with what
         is already in the repository.  Nothing has been registered then.
     """
+    if transfer not in TRANSFER_MODES:
+        raise ValueError(f"unknown transfer mode {transfer!r}; use one of {', '.join(TRANSFER_MODES)}")
     result = IngestResult()
     dataset_type = raw_dataset_type(butler)
     have_type = bool(list(butler.registry.queryDatasetTypes(dataset_type.name)))
     to_ingest: list[RawFileInfo] = []
     seen: dict[tuple, str] = {}
     for f in files:
-        path = os.fspath(f)
+        # Relative names are relative to the current directory, not to the
+        # datastore root (butler.ingest's convention).
+        path = os.path.abspath(os.fspath(f))
         try:
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path}: no such file")
-            info = inspect_raw_file(path, instrument=instrument, check_pixels=False)
+                raise FileNotFoundError(f"{os.fspath(f)}: no such file")
+            info = inspect_raw_file(path, instrument=instrument, check_pixels=False, allow_odd=allow_odd)
             _check_registered(butler, info)
             key = (info.instrument, info.exposure, info.detector)
             if key in seen:
@@ -452,6 +537,8 @@ def ingest_raws(
             to_ingest.append(info)
         except (RawFormatError, ValueError, FileNotFoundError) as err:
             result.failed[path] = str(err)
+        except Exception as err:  # noqa: BLE001 - e.g. CFITSIO errors on corrupt compressed tiles
+            result.failed[path] = f"{path}: unreadable ({type(err).__name__}: {err})"
     if result.failed and not skip_bad:
         raise IngestError(
             "Nothing was ingested; bad input:\n" + "\n".join(f"  {msg}" for msg in result.failed.values())
@@ -466,12 +553,13 @@ def ingest_raws(
 
     universe = butler.dimensions
     for run_name, run_infos in by_run.items():
-        butler.registry.registerRun(run_name)
         # The first file of each exposure describes the exposure (as in obs_base).
         first_of_exposure: dict[tuple[str, int], RawFileInfo] = {}
         for info in run_infos:
             first_of_exposure.setdefault((info.instrument, info.exposure), info)
+        # One transaction: a failure leaves no RUN, record or file behind.
         with butler.transaction():
+            butler.registry.registerRun(run_name)
             for info in first_of_exposure.values():
                 obs = info.obs_info
                 butler.registry.syncDimensionData(
@@ -500,10 +588,36 @@ def ingest_raws(
                 )
                 for info in run_infos
             ]
+            if transfer not in ("direct", "auto"):
+                _remove_orphans(butler, datasets)
             butler.ingest(*datasets, transfer=transfer)
         result.ingested.extend(run_infos)
     for info in result.ingested:
-        _LOG.info("Ingested %s (%s detector %d)", info.path, info.obs_info.observation_id, info.detector)
+        _LOG.debug("Ingested %s (%s detector %d)", info.path, info.obs_info.observation_id, info.detector)
     for info in result.already_present:
-        _LOG.info("Already ingested, skipped: %s", info.path)
+        _LOG.debug("Already ingested, skipped: %s", info.path)
     return result
+
+
+def _remove_orphans(butler: Butler, datasets: list[FileDataset]) -> None:
+    """Remove files left in the datastore, where these datasets are about to
+    go, by an ingest that was killed after copying them and before its
+    registry transaction committed (files no registry record points to)."""
+    try:
+        datastore = butler._datastore  # the file template gives where ingest puts each file
+        root = datastore.root
+        templates = datastore.templates
+    except AttributeError:
+        return
+    if not root.isLocal:
+        return
+    for dataset in datasets:
+        for ref in dataset.refs:
+            ref = ref.expanded(butler.registry.expandDataId(ref.dataId))
+            target = Path(root.ospath) / templates.getTemplate(ref).format(ref)
+            if not target.parent.is_dir():
+                continue
+            # The template has no extension; ingest keeps the file's own.
+            for leftover in target.parent.glob(f"{glob.escape(target.name)}.*"):
+                _LOG.warning("Removing %s, left in the datastore by an interrupted ingest", leftover)
+                leftover.unlink()
