@@ -30,7 +30,7 @@ class FakeCamera:
         self.delay = delay
 
     async def take_imgtype(self, imgtype, exptime, n, *, group_id, note="", program="", reason="", filter=None,
-                           discard=False):
+                           discard=False, index=None):
         await asyncio.sleep(self.delay)
         self.calls.append((imgtype, exptime, n, discard, time.monotonic()))
         return [next(self.ids) for _ in range(n)]

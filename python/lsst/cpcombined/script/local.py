@@ -88,6 +88,7 @@ class LocalSimulatedCamera:
         reason: str = "",
         filter: str | None = None,
         discard: bool = False,
+        index: int | None = None,
     ) -> list[int]:
         image_type = imgtype.lower()
         return await asyncio.to_thread(
@@ -100,6 +101,7 @@ class LocalSimulatedCamera:
             program=program,
             reason=reason,
             discard=discard,
+            first_index=index,
         )
 
 

@@ -58,12 +58,17 @@ class Camera(Protocol):
         reason: str = "",
         filter: str | None = None,
         discard: bool = False,
+        index: int | None = None,
     ) -> list[int]:
         """Take ``n`` exposures of ``imgtype`` (``BIAS``, ``DARK``,
         ``FLAT``) of ``exptime`` seconds; return their exposure ids.
         ``filter`` is the physical filter for flats. ``discard`` marks
         frames the script will throw away (a simulated camera uses it to
-        keep injected faults off them)."""
+        keep injected faults off them).  ``index`` is the place of the first
+        frame among the procedure's kept (or, with ``discard``, discarded)
+        frames of this image type: a simulated camera derives the frames'
+        noise from it, so that a procedure resumed after a kill re-takes
+        identical frames; a real camera ignores it."""
         ...
 
 

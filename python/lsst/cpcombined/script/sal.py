@@ -50,6 +50,7 @@ class ObservatoryCamera:
         reason: str = "",
         filter: str | None = None,
         discard: bool = False,
+        index: int | None = None,
     ) -> list[int]:
         kwargs: dict[str, Any] = dict(group_id=group_id, note=note, program=program, reason=reason)
         if imgtype.upper() == "FLAT" and filter:

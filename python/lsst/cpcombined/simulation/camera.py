@@ -225,22 +225,20 @@ class SimulatedCamera:
         exposure_time: float,
         dark_time: float,
         index: int | None,
-        serial: int,
+        noise: tuple[str, int, bool] | int,
     ) -> str:
         """Simulate one (exposure, detector) and write its raw file.
 
-        ``serial`` is the exposure's rank among the repo's exposures of this
-        instrument; it seeds the frame's noise.
+        ``noise`` seeds the frame's noise: the exposure's rank among the
+        repo's exposures of this instrument, or the frame's place
+        ``(image type, index, discard)`` in a procedure's sequence.
         """
-        amps = simulate_raw_amps(
-            self.truth,
-            detector,
-            image_type,
-            exposure_time,
-            dark_time,
-            index,
-            self.truth.exposure_rng(serial, detector),
+        rng = (
+            self.truth.exposure_rng(noise, detector)
+            if isinstance(noise, int)
+            else self.truth.frame_rng(*noise, detector)
         )
+        amps = simulate_raw_amps(self.truth, detector, image_type, exposure_time, dark_time, index, rng)
         path = staging / hdr["FILENAME"]
         write_raw_file(path, hdr, amps, self.truth.layout, compress=self.truth.compress)
         return str(path)
@@ -256,6 +254,7 @@ class SimulatedCamera:
         program: str = "",
         reason: str = "",
         discard: bool = False,
+        first_index: int | None = None,
     ) -> list[int]:
         """Take exposures (one per exposure time) and ingest them.
 
@@ -276,6 +275,13 @@ class SimulatedCamera:
         discard
             These are frames to throw away: they do not advance the image
             type's sequence index (so they never receive injected faults).
+        first_index
+            Place of the first frame in a procedure's sequence of kept (or,
+            with ``discard``, discarded) frames of this image type.  When
+            given, each frame's noise and faults depend only on the truth and
+            that place (a resumed procedure re-takes identical frames);
+            otherwise on the frame's rank among the repository's exposures
+            and on the frames this camera took before.
 
         Returns
         -------
@@ -299,10 +305,11 @@ class SimulatedCamera:
         frames: list[tuple] = []
         exposure_ids: list[int] = []
         last_day, seq_num = None, 0
-        # Noise realisations are keyed by the exposure's rank in the repo, not
-        # by its id (which holds the date): the same truth and seed give the
-        # same pixels whatever day the simulation runs.
-        serial = self._n_exposures()
+        # Noise realisations are keyed by the frame's place in a procedure's
+        # sequence, or else by the exposure's rank in the repo — never by its
+        # id (which holds the date): the same truth and seed give the same
+        # pixels whatever day the simulation runs.
+        serial = self._n_exposures() if first_index is None else 0
         try:
             for exptime in times:
                 begin = self._next_start()
@@ -312,7 +319,13 @@ class SimulatedCamera:
                 obs_id = self.instrument.make_obs_id(self.controller, day_obs, seq_num)
                 exposure_id = compute_exposure_id(day_obs, seq_num, self.controller)
                 dark_time = exptime + DARK_OVERHEAD_SECONDS
-                index = None if discard else self._sequence[image_type]
+                if first_index is None:
+                    index = None if discard else self._sequence[image_type]
+                    noise: tuple[str, int, bool] | int = serial
+                else:
+                    position = first_index + len(exposure_ids)
+                    index = None if discard else position
+                    noise = (image_type, position, discard)
                 group = group_id or begin.isot
                 for det in self.detectors:
                     hdr = primary_header(
@@ -333,10 +346,10 @@ class SimulatedCamera:
                         reason=reason,
                         seed=self.truth.seed,
                     )
-                    frames.append((hdr, det.id, exptime, dark_time, index, serial))
+                    frames.append((hdr, det.id, exptime, dark_time, index, noise))
                 exposure_ids.append(exposure_id)
                 serial += 1
-                if not discard:
+                if not discard and first_index is None:
                     self._sequence[image_type] += 1
                 self._clock = begin + TimeDelta(
                     dark_time + READOUT_SECONDS + self.wait_between_exposures, format="sec"

@@ -406,6 +406,17 @@ class SimulationTruth:
         """
         return np.random.default_rng([self.seed, 1, int(serial), int(detector_id)])
 
+    def frame_rng(self, image_type: str, index: int, discard: bool, detector_id: int) -> np.random.Generator:
+        """Generator of the noise of one frame of a procedure's sequence.
+
+        The frame is named by its place in the sequence (image type, kept or
+        discarded, index), not by anything the repository holds, so a
+        procedure resumed after a kill re-takes exactly the frames it would
+        have taken.
+        """
+        code = IMAGE_TYPES.index(image_type)
+        return np.random.default_rng([self.seed, 2, code, int(discard), int(index), int(detector_id)])
+
     # -- truth per detector -----------------------------------------------------
 
     def detector_response(self, det: DetectorDescription) -> float:
