@@ -424,3 +424,26 @@ def test_interrupted_ingest_leaves_no_orphan(tmp_path):
     ingest_raws(butler, [raw])
     stored = {str(p) for p in (tmp_path / "repo" / "LATISS").rglob("*.fits")}
     assert stored == {uri.ospath}
+
+
+# -- policy: faults every frame shares ---------------------------------------------------------
+
+
+def test_bias_offset_in_every_frame_is_not_certified(tmp_path):
+    """A constant offset in the imaging area of every bias (not in the
+    overscan) makes a bias that verifies internally (each frame minus the
+    same offset) but is wrong: the LEVEL test of the bias under test fails
+    on every amplifier of every exposure, so the majority rule refuses it."""
+    config = _config(
+        tmp_path, n_bias=4, simulation={
+            "seed": 5, "geometry_scale": 0.0625,
+            "faults": [{"image_type": "bias", "imaging_offset_adu": 5000.0}],
+        },
+    )
+    code, summary = run_procedure(config, repo=tmp_path / "repo")
+    assert code == 1
+    bias = summary.calibrations["bias"]
+    assert bias.decision == "fail" and not bias.certified
+    assert "LEVEL" in bias.decision_report
+    levels = [v for v in bias.extra["decision"]["COUNTS"].values()]
+    assert all(counts.get("LEVEL") == 16 for counts in levels), levels

@@ -563,6 +563,22 @@ def test_results_table():
 
 
 def test_tests_for():
-    assert v.tests_for("bias")["amp"] == ("MEAN", "NOISE", "CR_NOISE", "PROCESSING")
+    assert v.tests_for("bias")["amp"] == ("MEAN", "NOISE", "CR_NOISE", "PROCESSING", "LEVEL")
+    assert v.tests_for("dark", v.VerifyThresholds(dark_level=None))["amp"] == ("MEAN", "NOISE", "CR_NOISE", "PROCESSING")
     assert v.tests_for("flat") == {"amp": ("NOISE",), "detector": ("SCATTER",), "exposure": ("SCATTER",)}
     assert v.tests_for("flat", v.VerifyThresholds(flat_poisson=True))["amp"] == ("NOISE", "POISSON_NOISE")
+
+
+def test_level_of_the_calibration_under_test():
+    image = np.zeros((20, 40), dtype=np.float32)
+    image[:, 20:] = 80.0
+    mask = np.zeros(image.shape, dtype=np.uint8)
+    mask[:5, :20] = masks.BIT["BAD"]
+    left, right = (slice(0, 20), slice(0, 20)), (slice(0, 20), slice(20, 40))
+    assert v.calibration_level(image, mask, left, masks.bits("BAD")) == (0.0, 0.25)
+    assert v.calibration_level(image, mask, right, masks.bits("BAD")) == (80.0, 0.0)
+    stats = {"NOISE": 9.0, "MEANCLIP": 0.1, "READ_NOISE": 9.0, "CR_NOISE": 9.0, "CR_OVERFLOW": False}
+    assert v.amp_tests("bias", {**stats, "CALIB_LEVEL": 49.0})["LEVEL"] is True
+    assert v.amp_tests("bias", {**stats, "CALIB_LEVEL": -80.0})["LEVEL"] is False
+    assert v.amp_tests("bias", {**stats, "CALIB_LEVEL": float("nan")})["LEVEL"] is False
+    assert "LEVEL" not in v.amp_tests("bias", stats)  # no calibration level measured: no test

@@ -48,6 +48,13 @@ bias, dark — amplifier level:
 ``NOISE``       ``(NOISE - READ_NOISE) / READ_NOISE <= noise`` (0.05)
 ``CR_NOISE``    ``|NOISE - CR_NOISE| / CR_NOISE <= cr_noise`` (0.05)
 ``PROCESSING``  cosmic-ray repair did not overflow
+``LEVEL``       ``|CALIB_LEVEL| <= bias_level`` (50 e-) or ``dark_level``
+                (1 e-/s): the median of the amplifier in the calibration
+                under test (an addition of this package: a bias or dark
+                with a level offset in every input verifies internally —
+                each frame minus the same offset — but is wrong; in the
+                majority rule it fails the calibration when most amplifiers
+                have it)
 
 flat — amplifier level (see `flat_metrics`):
 
@@ -170,6 +177,7 @@ __all__ = (
     "VerifyThresholds",
     "amp_statistics",
     "amp_tests",
+    "calibration_level",
     "clipped_stats",
     "detector_failures",
     "detector_statistics",
@@ -288,6 +296,12 @@ class VerifyThresholds:
     exposure_scatter : `float`
         flat exposure ``SCATTER``: largest allowed ``std/mean`` of the
         detector means.
+    bias_level : `float` or `None`
+        bias ``LEVEL``: largest allowed ``|CALIB_LEVEL|`` (e-), the median
+        level of an amplifier of the bias under test; `None` disables it.
+    dark_level : `float` or `None`
+        dark ``LEVEL``: largest allowed ``|CALIB_LEVEL|`` (e-/s) of the dark
+        under test; `None` disables it.
     """
 
     noise: float = 0.05
@@ -296,6 +310,8 @@ class VerifyThresholds:
     flat_poisson_tolerance: float = 0.05
     detector_scatter: float = 0.05
     exposure_scatter: float = 0.05
+    bias_level: float | None = 50.0
+    dark_level: float | None = 1.0
 
 
 class ClippedStats(NamedTuple):
@@ -351,6 +367,8 @@ def tests_for(calib_type: str, thresholds: VerifyThresholds | None = None) -> di
     amp = AMP_TESTS[_check_type(calib_type)]
     if calib_type == "flat" and thresholds.flat_poisson:
         amp = amp + ("POISSON_NOISE",)
+    if _level_threshold(calib_type, thresholds) is not None:
+        amp = amp + ("LEVEL",)
     return {"amp": amp, "detector": DETECTOR_TESTS[calib_type], "exposure": EXPOSURE_TESTS[calib_type]}
 
 
@@ -761,12 +779,16 @@ def amp_tests(
         with np.errstate(all="ignore"):
             noise_excess = (noise - rn) / rn if rn > 0 else math.nan
             cr_diff = abs(noise - cr) / cr if cr > 0 else math.nan
-        return {
+        tests = {
             "MEAN": bool(np.isfinite(mean) and np.isfinite(noise) and abs(mean) < noise),
             "NOISE": _le(noise_excess, thresholds.noise),
             "CR_NOISE": _le(cr_diff, thresholds.cr_noise),
             "PROCESSING": not bool(stats["CR_OVERFLOW"]),
         }
+        level_limit = _level_threshold(calib_type, thresholds)
+        if level_limit is not None and "CALIB_LEVEL" in stats:
+            tests["LEVEL"] = _le(abs(float(stats["CALIB_LEVEL"])), level_limit)
+        return tests
     # flat
     if not float(stats["GAIN"]) > 0:
         raise ValueError("the flat NOISE test needs a positive amplifier gain (GAIN)")
@@ -775,6 +797,36 @@ def amp_tests(
     if thresholds.flat_poisson:
         tests["POISSON_NOISE"] = _le(m["POISSON_RATIO"], 1.0 + thresholds.flat_poisson_tolerance)
     return tests
+
+
+def _level_threshold(calib_type: str, thresholds: VerifyThresholds) -> float | None:
+    """Threshold of the ``LEVEL`` test of a calibration type (`None`: no test)."""
+    return {"bias": thresholds.bias_level, "dark": thresholds.dark_level}.get(calib_type)
+
+
+def calibration_level(image: np.ndarray, mask: np.ndarray, region: tuple[slice, slice], bad_bits: int) -> tuple[float, float]:
+    """Median level and unusable fraction of one amplifier of a calibration.
+
+    Parameters
+    ----------
+    image, mask
+        The calibration's image and bitmask.
+    region
+        The amplifier's ``(y, x)`` slices.
+    bad_bits
+        Mask bits of unusable pixels (with non-finite values).
+
+    Returns
+    -------
+    level, bad_fraction
+        Median of the usable pixels (NaN when none is usable) and the
+        fraction of pixels that are not usable.
+    """
+    pixels = image[region]
+    good = np.isfinite(pixels) & ((mask[region] & np.uint8(bad_bits)) == 0)
+    n_good = int(np.count_nonzero(good))
+    level = float(np.median(pixels[good])) if n_good else math.nan
+    return level, 1.0 - n_good / pixels.size
 
 
 def scatter(values: Iterable[float]) -> float:

@@ -162,6 +162,21 @@ class CpVerifyDetectorConfig(PipelineTaskConfig, pipelineConnections=CpVerifyDet
         doc="flat POISSON_NOISE: largest allowed NOISE / sqrt(MEAN + READ_NOISE^2) - 1.",
         default=0.05,
     )
+    biasLevelThreshold = Field(
+        dtype=float,
+        doc=(
+            "bias LEVEL: largest allowed |median| (e-) of each amplifier of the bias under test (a bias "
+            "offset in every input passes the frame tests but is wrong); None disables the test."
+        ),
+        default=50.0,
+        optional=True,
+    )
+    darkLevelThreshold = Field(
+        dtype=float,
+        doc="dark LEVEL: largest allowed |median| (e-/s) of each amplifier of the dark under test; None: off.",
+        default=1.0,
+        optional=True,
+    )
     detectorScatterThreshold = Field(
         dtype=float,
         doc="flat detector SCATTER: largest allowed std(amp means) / mean(amp means).",
@@ -234,6 +249,8 @@ def thresholds_from(config: Any) -> verify_algo.VerifyThresholds:
         flat_poisson_tolerance=getattr(config, "flatPoissonTolerance", defaults.flat_poisson_tolerance),
         detector_scatter=getattr(config, "detectorScatterThreshold", defaults.detector_scatter),
         exposure_scatter=getattr(config, "exposureScatterThreshold", defaults.exposure_scatter),
+        bias_level=getattr(config, "biasLevelThreshold", defaults.bias_level),
+        dark_level=getattr(config, "darkLevelThreshold", defaults.dark_level),
     )
 
 
@@ -459,6 +476,17 @@ class CpVerifyDetectorTask(PipelineTask):
             corner_regions=corners,
             config=stats_config,
         )
+        under_test = {"bias": bias, "dark": dark, "flat": flat}[cfg.calibrationType]
+        if under_test is not None:
+            # The calibration under test itself: its level (bias and dark
+            # LEVEL test) and its unusable pixels, per amplifier.
+            calib_image, _, calib_mask = from_masked_image(under_test)
+            for amp, region in regions.items():
+                level, bad_fraction = verify_algo.calibration_level(
+                    calib_image, calib_mask, region, bits("BAD", "NO_DATA")
+                )
+                amp_stats[amp]["CALIB_LEVEL"] = level
+                amp_stats[amp]["CALIB_BAD_FRACTION"] = bad_fraction
         thresholds = thresholds_from(cfg)
         result = verify_algo.verify_detector(
             cfg.calibrationType, amp_stats, exposure=int(exposure), detector=det.name, thresholds=thresholds
