@@ -291,6 +291,65 @@ def _schema_args(p: argparse.ArgumentParser):
     return run
 
 
+# -- history ---------------------------------------------------------------------------
+
+
+@command(
+    "history",
+    "Per calibration type and amplifier, how the certified calibrations compare over time "
+    "(bias level and noise, dark current, flat response, PTC gain and read noise, defect counts).",
+)
+def _history_args(p: argparse.ArgumentParser):
+    p.add_argument("repo")
+    p.add_argument("--instrument", required=True, choices=("LATISS", "LSSTComCam"))
+    p.add_argument(
+        "--calib-collection",
+        help="CALIBRATION collection, or a CHAINED collection of them (default INSTRUMENT/calib/daily).",
+    )
+    p.add_argument("--detectors", nargs="+", help="Detector ids or names (default all).")
+    p.add_argument("--html", metavar="FILE", help="Write a self-contained HTML page with plots and tables.")
+    p.add_argument("--csv", metavar="FILE", help="Write the full history (a row per dataset, amp, quantity).")
+    p.add_argument(
+        "--n-sigma",
+        type=float,
+        default=5.0,
+        help="Flag changes beyond this many sigma of the earlier scatter (default 5).",
+    )
+    p.add_argument(
+        "--last",
+        type=int,
+        default=8,
+        help="Certifications shown per row in the terminal (0: all; default 8).",
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        from .history import collect_history, format_history, history_html
+
+        if args.last < 0:
+            raise ValueError(f"--last must be 0 (all) or a positive number, not {args.last}")
+        collection = args.calib_collection or f"{args.instrument}/calib/daily"
+        try:
+            table = collect_history(
+                _butler(args.repo, writeable=False),
+                args.instrument,
+                calib_collection=collection,
+                detectors=args.detectors,
+            )
+        except LookupError as err:
+            raise LookupError(f"{err}: name an existing one with --calib-collection") from None
+        print(format_history(table, n_sigma=args.n_sigma, last=args.last or None), end="")
+        if args.csv:
+            table.write(args.csv, format="ascii.csv", overwrite=True)
+            print(f"wrote {args.csv}")
+        if args.html:
+            with open(args.html, "w") as f:
+                f.write(history_html(table, n_sigma=args.n_sigma))
+            print(f"wrote {args.html}")
+        return 0
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cpcombined`` argument parser."""
     parser = argparse.ArgumentParser(prog="cpcombined", description=__doc__.split("\n\n")[0])
