@@ -15,6 +15,16 @@ script states) and drives the whole daily job through three protocols
 3. PTC (whose extraction also gives the gain from flat pairs) and defects,
    certified directly once their inputs' calibrations are.
 
+Which pipelines run is the configuration's ``calibration_pipelines``
+(`pipeline_path`): this package's (``cp_combined``, the default:
+``cp<Type>`` and ``verify<Type>``, the verification including the majority
+decision) or the Science Pipelines' (``science_pipelines``: cp_pipe's
+``cp<Type>``, cp_verify's ``verify<Type>``, then this package's
+``decide<Type>``, the majority decision on cp_verify's outputs, as one more
+job).  Pipeline paths are passed to the pipeline service with their
+environment variables unexpanded (``${CP_PIPE_DIR}/...``): a local service
+expands them, OCPS resolves them in its own environment.
+
 Every pipeline job's status is checked: a failed job, a timeout, a "no"
 decision or a failed certification stops the procedure with its cause; a
 calibration that failed, and everything that needed it, is never
@@ -27,12 +37,16 @@ re-run, and certification is idempotent.
 from __future__ import annotations
 
 __all__ = (
+    "SCIENCE_PIPELINES_ENVIRONMENT",
     "CalibrationOutcome",
     "CalibrationRejected",
     "MakeCalibrationsCore",
     "ProcedureError",
     "RunSummary",
     "StepRecord",
+    "check_pipeline_files",
+    "pipeline_path",
+    "procedure_pipelines",
 )
 
 import asyncio
@@ -41,12 +55,15 @@ import dataclasses
 import datetime
 import logging
 import math
+import os
+import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from lsst.daf.butler import Butler, CollectionType
 
+from ..env import package_root
 from ..repo.collections import collection_exists, raw_collection
 from .protocols import Camera, JobResult, PipelineService, RawWaiter, ScriptState
 from .schema import ConfigError, ScriptConfig, get_schema, validate_config
@@ -56,6 +73,169 @@ _LOG = logging.getLogger("lsst.cpcombined.script")
 _T = TypeVar("_T")
 
 _TYPE_LABEL = {"bias": "Bias", "dark": "Dark", "flat": "Flat", "defects": "Defects", "ptc": "Ptc"}
+
+#: Environment variables naming the Science Pipelines' pipeline directories
+#: (set by ``setup cp_pipe`` and ``setup cp_verify``).
+SCIENCE_PIPELINES_ENVIRONMENT: tuple[str, ...] = ("CP_PIPE_DIR", "CP_VERIFY_DIR")
+
+#: Steps (pipeline names) of the procedure.
+_GENERATION_STEPS = ("cpBias", "cpDark", "cpFlat", "cpDefects", "cpPtc")
+_VERIFICATION_STEPS = ("verifyBias", "verifyDark", "verifyFlat")
+_DECISION_STEPS = ("decideBias", "decideDark", "decideFlat")
+
+_ENV_REFERENCE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def pipeline_path(
+    step: str,
+    instrument: str,
+    calibration_pipelines: str = "cp_combined",
+    pipelines_dir: str = "${CPCOMBINED_DIR}/pipelines",
+) -> str:
+    """The pipeline one step of the procedure submits.
+
+    Parameters
+    ----------
+    step
+        ``cpBias``, ``cpDark``, ``cpFlat``, ``cpDefects``, ``cpPtc``,
+        ``gainFromFlatPairs``, ``verifyBias``, ``verifyDark``,
+        ``verifyFlat``, ``decideBias``, ``decideDark`` or ``decideFlat``
+        (the majority decision alone, for cp_verify's outputs).
+    instrument
+        ``LATISS`` or ``LSSTComCam``.
+    calibration_pipelines
+        ``cp_combined`` (this package's pipelines under ``pipelines_dir``)
+        or ``science_pipelines`` (cp_pipe's generation and cp_verify's
+        verification pipelines, this package's decision pipelines).
+    pipelines_dir
+        Directory of this package's per-instrument pipelines.
+
+    Returns
+    -------
+    path
+        Pipeline file, with a ``#subset`` for the gain from flat pairs and
+        environment variables unexpanded (e.g.
+        ``${CP_PIPE_DIR}/pipelines/LATISS/cpPtc.yaml#cpPtcGainFromFlatPairs``).
+    """
+    pipelines_dir = pipelines_dir.rstrip("/")
+    known = (*_GENERATION_STEPS, "gainFromFlatPairs", *_VERIFICATION_STEPS, *_DECISION_STEPS)
+    if step not in known:
+        raise ValueError(f"unknown pipeline step {step!r}; expected one of {list(known)}")
+    if calibration_pipelines == "cp_combined":
+        if step == "gainFromFlatPairs":
+            return f"{pipelines_dir}/{instrument}/cpPtc.yaml#gainFromFlatPairs"
+        return f"{pipelines_dir}/{instrument}/{step}.yaml"
+    if calibration_pipelines != "science_pipelines":
+        raise ValueError(
+            "calibration_pipelines must be 'cp_combined' or 'science_pipelines', "
+            f"not {calibration_pipelines!r}"
+        )
+    if step == "gainFromFlatPairs":
+        return f"${{CP_PIPE_DIR}}/pipelines/{instrument}/cpPtc.yaml#cpPtcGainFromFlatPairs"
+    if step in _GENERATION_STEPS:
+        return f"${{CP_PIPE_DIR}}/pipelines/{instrument}/{step}.yaml"
+    if step in _VERIFICATION_STEPS:
+        return f"${{CP_VERIFY_DIR}}/pipelines/{instrument}/{step}.yaml"
+    return f"{pipelines_dir}/{instrument}/{step}.yaml"
+
+
+def procedure_pipelines(
+    config: ScriptConfig, pipelines_dir: str = "${CPCOMBINED_DIR}/pipelines"
+) -> dict[str, str]:
+    """The pipelines a configuration makes the procedure submit.
+
+    Parameters
+    ----------
+    config
+        Validated configuration (its instrument, image types, steps asked
+        for and ``calibration_pipelines``).
+    pipelines_dir
+        Directory of this package's per-instrument pipelines.
+
+    Returns
+    -------
+    pipelines : `dict` [`str`, `str`]
+        Step (job label: ``cpBias``, ``verifyBias``, ``decideBias``,
+        ``gainFromFlatPairs``...) → pipeline path (`pipeline_path`,
+        environment variables unexpanded), in submission order per image
+        type.
+    """
+    mode = config.calibration_pipelines
+    steps: list[str] = []
+    for image_type in config.image_types:
+        label = _TYPE_LABEL[image_type]
+        if config.generate_calibrations:
+            steps.append(f"cp{label}")
+        if config.do_verify:
+            steps.append(f"verify{label}")
+            if mode == "science_pipelines":
+                steps.append(f"decide{label}")
+    if "flat" in config.image_types:
+        if config.do_ptc:
+            steps.append("cpPtc")
+        elif config.do_gain_from_flat_pairs:
+            steps.append("gainFromFlatPairs")
+        if config.do_defects:
+            steps.append("cpDefects")
+    return {step: pipeline_path(step, config.instrument, mode, pipelines_dir) for step in steps}
+
+
+def check_pipeline_files(
+    pipelines: Iterable[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    what: str = "pipelines",
+    alternative: str = "",
+) -> None:
+    """Check that the environment variables pipeline paths name are set and
+    that the files exist (as a local pipeline service would expand them).
+
+    Parameters
+    ----------
+    pipelines
+        Pipeline paths (``#subset`` allowed, ``${VAR}`` unexpanded).
+    environ
+        Environment to expand them in (default `os.environ`);
+        ``CPCOMBINED_DIR`` defaults to this package's root, as the local
+        pipeline services do.
+    what
+        What needs them, for the message.
+    alternative
+        Another way out, added to the message (e.g. another setting).
+
+    Raises
+    ------
+    ConfigError
+        One line naming the unset variables, or else the missing files,
+        and the fix.
+    """
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("CPCOMBINED_DIR", str(package_root()))
+    files = list(dict.fromkeys(p.split("#", 1)[0] for p in pipelines))
+    unset: list[str] = []
+    for path in files:
+        for match in _ENV_REFERENCE.finditer(path):
+            name = match.group(1) or match.group(2)
+            if not env.get(name) and name not in unset:
+                unset.append(name)
+    tail = f", or {alternative}" if alternative else ""
+    if unset:
+        products = [n.removesuffix("_DIR").lower() for n in unset if n.endswith("_DIR")]
+        fix = f"set up {' and '.join(products)} (`{'; '.join(f'setup {p}' for p in products)}`)"
+        raise ConfigError(
+            f"{what}: {' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set in the environment "
+            f"the pipelines are resolved in: {fix if products else 'set them'}{tail}"
+        )
+    missing: dict[str, str] = {}
+    for path in files:
+        expanded = _ENV_REFERENCE.sub(lambda m: env[m.group(1) or m.group(2)], path)
+        if not os.path.isfile(expanded):
+            missing[path] = expanded
+    if missing:
+        names = dict.fromkeys(m.group(1) or m.group(2) for p in missing for m in _ENV_REFERENCE.finditer(p))
+        where = f"point {' and '.join(names)} to installs that have them" if names else "check the paths"
+        shown = "; ".join(f"{p} ({e})" for p, e in missing.items())
+        raise ConfigError(f"{what}: pipeline file(s) not found: {shown}: {where}{tail}")
 
 
 class ProcedureError(RuntimeError):
@@ -68,12 +248,19 @@ class CalibrationRejected(ProcedureError):
 
 @dataclasses.dataclass
 class StepRecord:
-    """One step of the procedure, for the summary."""
+    """One step of the procedure, for the summary.
+
+    ``started`` is the UTC time the step started (ISO); ``session`` counts
+    the invocations of a resumed run (0: the first), so that the steps done
+    before a restart keep their timings.
+    """
 
     name: str
     seconds: float
     status: str
     detail: str = ""
+    started: str = ""
+    session: int = 0
 
 
 @dataclasses.dataclass
@@ -143,6 +330,15 @@ class MakeCalibrationsCore:
         Directory of the per-instrument pipelines (``$CPCOMBINED_DIR/pipelines``).
     progress
         Callable receiving human-readable progress lines.
+    check_pipelines
+        With ``calibration_pipelines: science_pipelines``, check when
+        configuring (before anything is acquired) that ``CP_PIPE_DIR`` and
+        ``CP_VERIFY_DIR`` are set and the pipeline files exist, in this
+        process's environment (`check_pipeline_files`).  Leave it on when
+        the pipeline service expands the paths here (the local and BPS
+        services); turn it off when another environment resolves them
+        (OCPS): the paths are always passed unexpanded, and a missing one
+        is then a failed job.
     """
 
     def __init__(
@@ -156,6 +352,7 @@ class MakeCalibrationsCore:
         state_store: RunState | None = None,
         pipelines_dir: str = "${CPCOMBINED_DIR}/pipelines",
         progress: Callable[[str], None] | None = None,
+        check_pipelines: bool = True,
     ) -> None:
         self.instrument = instrument
         self.camera = camera
@@ -165,6 +362,7 @@ class MakeCalibrationsCore:
         self.state_store = state_store
         self.pipelines_dir = pipelines_dir.rstrip("/")
         self.progress = progress or (lambda msg: _LOG.info("%s", msg))
+        self.check_pipelines = check_pipelines
         self.state = ScriptState.UNCONFIGURED
         self.config: ScriptConfig | None = None
         self.summary = RunSummary(instrument=instrument)
@@ -189,14 +387,34 @@ class MakeCalibrationsCore:
         Raises
         ------
         ConfigError
-            Invalid configuration (state becomes CONFIGURE_FAILED).
+            Invalid configuration, or (``science_pipelines`` with
+            ``check_pipelines``) unset package directories or missing
+            pipeline files (state becomes CONFIGURE_FAILED).
         """
         try:
-            self.config = validate_config(config, self.instrument)
+            cfg = validate_config(config, self.instrument)
+            if self.check_pipelines and cfg.calibration_pipelines == "science_pipelines":
+                check_pipeline_files(
+                    self.pipeline_paths(cfg).values(),
+                    what="calibration_pipelines: science_pipelines",
+                    alternative="choose calibration_pipelines: cp_combined",
+                )
         except ConfigError:
             self.state = ScriptState.CONFIGURE_FAILED
             raise
+        self.config = cfg
         self.state = ScriptState.CONFIGURED
+
+    def pipeline_paths(self, config: ScriptConfig | None = None) -> dict[str, str]:
+        """The pipelines a configuration makes the procedure submit
+        (`procedure_pipelines` with this core's ``pipelines_dir``).
+
+        Parameters
+        ----------
+        config
+            Validated configuration (default: the configured one).
+        """
+        return procedure_pipelines(config or self._require_config(), self.pipelines_dir)
 
     def set_metadata(self, metadata: Any) -> None:
         """Set ``metadata.duration`` (s): exposures, read-out and processing."""
@@ -299,18 +517,35 @@ class MakeCalibrationsCore:
         return all(self.summary.calibrations.get(t) and self.summary.calibrations[t].certified for t in requested)
 
     async def _step(self, name: str, coro: Awaitable[Any]) -> Any:
-        """Run a step, timing it and recording its status."""
+        """Run a step, timing it and recording its status (in the summary
+        and, with a `RunState`, in the run's ``steps`` so that a resumed run
+        keeps them)."""
         t0 = time.monotonic()
+        started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self.progress(f"{name} ...")
         try:
             result = await coro
         except Exception as err:
-            self.summary.steps.append(StepRecord(name, time.monotonic() - t0, "failed", str(err)))
+            self._record_step(StepRecord(name, time.monotonic() - t0, "failed", str(err), started))
             raise
         dt = time.monotonic() - t0
-        self.summary.steps.append(StepRecord(name, dt, "ok"))
+        self._record_step(StepRecord(name, dt, "ok", "", started))
         self.progress(f"{name}: done in {dt:.1f} s")
         return result
+
+    def _record_step(self, record: StepRecord) -> None:
+        """Add a finished step to the summary and to the run state.
+
+        The session is the number of earlier invocations of the run (the
+        runner appends one entry to the state's ``sessions`` per
+        invocation).
+        """
+        if self.state_store is not None:
+            record.session = max(0, len(self.state_store.get("sessions", []) or []) - 1)
+            steps = list(self.state_store.get("steps", []) or [])
+            steps.append(dataclasses.asdict(record))
+            self.state_store.set("steps", steps)
+        self.summary.steps.append(record)
 
     def _outcome(self, calib_type: str) -> CalibrationOutcome:
         return self.summary.calibrations.setdefault(calib_type, CalibrationOutcome(calib_type))
@@ -324,8 +559,9 @@ class MakeCalibrationsCore:
         exps = ", ".join(str(e) for e in exposures)
         return f"instrument='{self.instrument}' AND detector IN ({dets}) AND exposure IN ({exps})"
 
-    def _pipeline(self, name: str) -> str:
-        return f"{self.pipelines_dir}/{self.instrument}/{name}.yaml"
+    def _pipeline(self, step: str) -> str:
+        cfg = self._require_config()
+        return pipeline_path(step, self.instrument, cfg.calibration_pipelines, self.pipelines_dir)
 
     # -- procedure ------------------------------------------------------------------
 
@@ -386,6 +622,16 @@ class MakeCalibrationsCore:
             self._start(f"certify:{image_type}", self._certify_when_ready(image_type, needs))
 
     async def _acquire(self, image_type: str) -> list[int]:
+        """Take the frames of one image type (discarded ones first), then
+        wait for their raws.
+
+        With a state store every frame is recorded as soon as it is taken,
+        with its place in the sequence; a procedure resumed after a kill
+        goes on from the first frame not recorded (the camera is given the
+        frame's place, so a simulated camera re-takes identical frames), and
+        an exposure taken but not recorded before the kill is set aside,
+        never used.
+        """
         cfg = self._require_config()
         outcome = self._outcome(image_type)
         saved = self.state_store.get("acquired", {}).get(image_type) if self.state_store else None
@@ -395,21 +641,32 @@ class MakeCalibrationsCore:
             return outcome.exposures
         times = cfg.exposure_times(image_type)
         n_discard = cfg.discard(image_type)
-        group = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        progress = self._acquisition_progress(image_type)
+        if progress["taken"]:
+            self.progress(
+                f"Resuming the {image_type} acquisition at frame {progress['taken'] + 1}/{len(times)} "
+                f"({len(progress['kept'])} kept so far)"
+            )
+            await self._registry(self._set_aside_unrecorded, image_type, progress)
         common = dict(
-            group_id=group, note=cfg.note, program=cfg.program, reason=cfg.reason, filter=cfg.filter
+            group_id=progress["group"], note=cfg.note, program=cfg.program, reason=cfg.reason, filter=cfg.filter
         )
 
         async def take() -> list[int]:
-            kept: list[int] = []
-            for i, t in enumerate(times):
-                ids = await self.camera.take_imgtype(image_type.upper(), t, 1, discard=i < n_discard, **common)
-                if i >= n_discard:
-                    kept.extend(ids)
-                tag = " (discarded)" if i < n_discard else ""
-                self.progress(f"  {image_type} {i + 1}/{len(times)} ({t:g} s){tag}")
-            await self.raw_waiter.wait_for_raws(kept, list(cfg.detectors), cfg.oods_timeout)
-            return kept
+            for i in range(progress["taken"], len(times)):
+                discard = i < n_discard
+                ids = await self.camera.take_imgtype(
+                    image_type.upper(), times[i], 1, discard=discard, index=i if discard else i - n_discard, **common
+                )
+                progress["ids"].extend(ids)
+                if not discard:
+                    progress["kept"].extend(ids)
+                progress["taken"] = i + 1
+                self._save_acquisition_progress(image_type, progress)
+                tag = " (discarded)" if discard else ""
+                self.progress(f"  {image_type} {i + 1}/{len(times)} ({times[i]:g} s){tag}")
+            await self.raw_waiter.wait_for_raws(progress["kept"], list(cfg.detectors), cfg.oods_timeout)
+            return list(progress["kept"])
 
         kept = await self._step(f"take {len(times)} {image_type} ({n_discard} discarded)", take())
         outcome.exposures = kept
@@ -418,6 +675,39 @@ class MakeCalibrationsCore:
             acquired[image_type] = kept
             self.state_store.set("acquired", acquired)
         return kept
+
+    def _acquisition_progress(self, image_type: str) -> dict[str, Any]:
+        """The recorded progress of an image type's acquisition (a new one
+        when none is recorded)."""
+        recorded = (self.state_store.get("acquiring", {}) if self.state_store else {}).get(image_type)
+        if recorded:
+            return {"group": recorded["group"], "taken": int(recorded["taken"]),
+                    "ids": list(recorded["ids"]), "kept": list(recorded["kept"])}
+        group = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        return {"group": group, "taken": 0, "ids": [], "kept": []}
+
+    def _save_acquisition_progress(self, image_type: str, progress: Mapping[str, Any]) -> None:
+        if self.state_store is not None:
+            acquiring = dict(self.state_store.get("acquiring", {}))
+            acquiring[image_type] = dict(progress)
+            self.state_store.set("acquiring", acquiring)
+
+    def _set_aside_unrecorded(self, image_type: str, progress: Mapping[str, Any]) -> None:
+        """Report exposures of this acquisition taken but not recorded before
+        a kill: they stay in the repository and are never used."""
+        butler = self._butler
+        assert butler is not None
+        records = butler.query_dimension_records(
+            "exposure",
+            where=f"instrument = '{self.instrument}' AND exposure.group = '{progress['group']}'",
+            explain=False,
+        )
+        unrecorded = sorted({r.id for r in records} - set(progress["ids"]))
+        if unrecorded:
+            self.progress(
+                f"Setting aside {len(unrecorded)} {image_type} exposure(s) taken before the restart but not "
+                f"recorded (never used): {', '.join(map(str, unrecorded))}"
+            )
 
     async def _job(
         self,
@@ -523,16 +813,30 @@ class MakeCalibrationsCore:
         cfg = self._require_config()
         outcome = self._outcome(image_type)
         label = _TYPE_LABEL[image_type]
+        threshold = f"-c verify{label}Decision:threshold={cfg.threshold(image_type)}"
+        science_pipelines = cfg.calibration_pipelines == "science_pipelines"
         res = await self._job(
             f"verify{label}",
             self._pipeline(f"verify{label}"),
             self._inputs_for(image_type, verify=True),
             self._collection("verify", f"verify{label}"),
             exposures,
-            f"-c verify{label}Decision:threshold={cfg.threshold(image_type)}",
+            "" if science_pipelines else threshold,
         )
-        outcome.verification_collection = res.output_collection
         outcome.jobs[f"verify{label}"] = res.jobId
+        if science_pipelines:
+            # cp_verify has no majority decision: decide on its outputs.
+            outcome.extra["cp_verify_collection"] = res.output_collection
+            res = await self._job(
+                f"decide{label}",
+                self._pipeline(f"decide{label}"),
+                [res.output_collection],
+                self._collection("verify", f"decide{label}"),
+                exposures,
+                threshold,
+            )
+            outcome.jobs[f"decide{label}"] = res.jobId
+        outcome.verification_collection = res.output_collection
         # cpcVerify<Type>Decision: per instrument, and per physical filter for flats.
         decision_id = {"physical_filter": cfg.filter} if image_type == "flat" else {}
         decision = await self._registry(
@@ -586,7 +890,7 @@ class MakeCalibrationsCore:
         outcome = self._outcome("flat")
         res = await self._job(
             "gainFromFlatPairs",
-            self._pipeline("cpPtc") + "#gainFromFlatPairs",
+            self._pipeline("gainFromFlatPairs"),
             self._ptc_inputs(),
             self._collection("calib", "gainFromFlatPairs"),
             flats,

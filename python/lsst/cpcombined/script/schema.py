@@ -106,6 +106,23 @@ properties:
     description: Verify the calibrations (DMTN-101 tests) and decide by majority rule.
     type: boolean
     default: true
+  calibration_pipelines:
+    description: >-
+      Which pipelines generate and verify the calibrations (cp_combined's
+      extension of the ScriptQueue schema). cp_combined (the default): this
+      package's pipelines, $CPCOMBINED_DIR/pipelines/{instrument}/cp<Type>.yaml
+      and verify<Type>.yaml (the majority decision included).
+      science_pipelines: cp_pipe's generation pipelines,
+      $CP_PIPE_DIR/pipelines/{instrument}/cp<Type>.yaml (the gain from flat
+      pairs: cpPtc.yaml#cpPtcGainFromFlatPairs), and cp_verify's verification
+      pipelines, $CP_VERIFY_DIR/pipelines/{instrument}/verify<Type>.yaml,
+      then this package's majority decision on cp_verify's outputs,
+      $CPCOMBINED_DIR/pipelines/{instrument}/decide<Type>.yaml, and its
+      certification. Needs cp_pipe and cp_verify set up where the pipelines
+      run (CP_PIPE_DIR and CP_VERIFY_DIR set).
+    type: string
+    enum: [cp_combined, science_pipelines]
+    default: cp_combined
   number_verification_tests_threshold_bias:
     description: >-
       T for biases: an exposure fails when one test fails at least

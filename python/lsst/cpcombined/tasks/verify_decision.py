@@ -20,6 +20,20 @@ thresholds.  cp_verify's do not have them: the decision then lists no
 calibration, says so (``CALIBRATIONS_NOTE`` and the report), and
 certification warns that it cannot check which calibration was verified.
 
+cp_verify's ISR step (ip_isr's ``IsrTaskLSST``, ``doHeaderProvenance``,
+on by default) records the calibrations it used in the header of each
+processed exposure it writes (``verify<Type>IsrExp``): ``LSST CALIB UUID
+<NAME>`` (dataset id) and ``LSST CALIB RUN <NAME>`` for each calibration
+input ``<name>``.  With ``doReadIsrProvenance`` the task reads these
+headers (the primary header of each file, through the dataset's URI, no
+afw) and lists the ``bias``, ``dark``, ``flat`` and ``defects`` found there
+as the calibrations verified, so that certification checks a decision made
+on cp_verify's outputs against the datasets it certifies just as it checks
+one made on this package's.  The ``decide<Type>`` pipelines (the majority
+decision on cp_verify's outputs) switch it on and ``doReadCalibrations``
+off; this package's own verification writes no processed exposure and
+leaves it off.
+
 Quantum: one per instrument (``cpcVerifyBiasDecision``,
 ``cpcVerifyDarkDecision``) or per instrument and physical filter for flats
 (``cpcVerifyFlatDecision``); the dimensions follow ``calibrationType``.
@@ -55,23 +69,35 @@ from __future__ import annotations
 
 __all__ = (
     "DECISION_DIMENSIONS",
+    "ISR_PROVENANCE_CALIBRATIONS",
+    "NO_CALIBRATIONS_NOTE",
     "RULE_TEXT",
     "CpVerifyDecisionConfig",
     "CpVerifyDecisionConnections",
     "CpVerifyDecisionTask",
+    "calibrations_from_isr_header",
     "merge_calibrations",
+    "read_primary_header_of",
 )
 
 import dataclasses
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import astropy.io.fits as fits
+import numpy as np
 from lsst.pex.config import ChoiceField, Field
 from lsst.pipe.base import PipelineTask, PipelineTaskConfig, PipelineTaskConnections, Struct
 from lsst.pipe.base import connectionTypes as cT
 
 from ..algorithms import majority
 from ..errors import CpInputError
+from ..obs.raw import read_primary_header
+from ..repo.files import read_dataset_file
+
+#: First read of a processed exposure's primary header (FITS blocks); doubled until its END card.
+_HEADER_READ_BYTES = 2880 * 8
 
 #: Description of the rule stored in each decision dataset.
 RULE_TEXT = (
@@ -87,10 +113,22 @@ RULE_TEXT = (
 
 #: Note written into a decision whose inputs do not name the calibrations verified.
 NO_CALIBRATIONS_NOTE = (
-    "The detector verification results do not record the calibrations used (outputs of cp_verify, or "
-    "doReadCalibrations=False): certification cannot check that this decision concerns the datasets it "
-    "certifies."
+    "The verification results read do not record the calibrations used (cp_verify's detector results "
+    "never do; its processed exposures do unless the ISR ran without header provenance; or "
+    "doReadCalibrations and doReadIsrProvenance are both off): certification cannot check that this "
+    "decision concerns the datasets it certifies."
 )
+
+#: Calibrations taken from the ISR provenance headers (the ones the decision can concern).
+ISR_PROVENANCE_CALIBRATIONS: tuple[str, ...] = ("bias", "dark", "flat", "defects")
+
+#: Data ID dimensions of each calibration in `ISR_PROVENANCE_CALIBRATIONS`.
+_CALIBRATION_DIMENSIONS: dict[str, tuple[str, ...]] = {
+    "bias": ("instrument", "detector"),
+    "dark": ("instrument", "detector"),
+    "flat": ("instrument", "detector", "physical_filter"),
+    "defects": ("instrument", "detector"),
+}
 
 #: Quantum (and output) dimensions of the decision of each type.
 DECISION_DIMENSIONS: dict[str, tuple[str, ...]] = {
@@ -122,13 +160,25 @@ class CpVerifyDecisionConnections(
         dimensions=("instrument", "exposure", "detector"),
         multiple=True,
     )
+    inputIsrExposures = cT.Input(
+        name="verify{calibType}IsrExp",
+        doc=(
+            "Processed exposures of cp_verify's ISR step (only their primary header is read: the "
+            "calibrations used, LSST CALIB UUID/RUN <NAME>); used when doReadIsrProvenance is set."
+        ),
+        storageClass="Exposure",
+        dimensions=("instrument", "exposure", "detector"),
+        multiple=True,
+        deferLoad=True,
+    )
     outputDecision = cT.Output(
         name="cpcVerify{calibType}Decision",
         doc=(
             "Majority decision: CERTIFY (bool), N_EXPOSURES, N_DETECTORS, DETECTORS, THRESHOLD, "
             "TEST_FAILURE_LIMIT, N_FAILED_EXPOSURES, EXPOSURE_FAILURE_LIMIT, FAILED_EXPOSURES (exposure -> "
             "failing test -> count), COUNTS, REPORT, RULE, THRESHOLDS, EXPOSURES, CALIBRATIONS (the "
-            "calibration datasets verified, when recorded), INSTRUMENT [, PHYSICAL_FILTER]."
+            "calibration datasets verified, when recorded), CALIBRATIONS_SOURCE (where they were read), "
+            "INSTRUMENT [, PHYSICAL_FILTER]."
         ),
         storageClass="StructuredDataDict",
         dimensions=("instrument",),
@@ -141,6 +191,8 @@ class CpVerifyDecisionConnections(
         self.outputDecision = dataclasses.replace(self.outputDecision, dimensions=dimensions)
         if not config.doReadCalibrations:
             del self.inputDetStats
+        if not config.doReadIsrProvenance:
+            del self.inputIsrExposures
 
 
 class CpVerifyDecisionConfig(PipelineTaskConfig, pipelineConnections=CpVerifyDecisionConnections):
@@ -171,6 +223,15 @@ class CpVerifyDecisionConfig(PipelineTaskConfig, pipelineConnections=CpVerifyDec
         ),
         default=True,
     )
+    doReadIsrProvenance = Field(
+        dtype=bool,
+        doc=(
+            "Read the calibrations used from the headers of the verification's processed exposures "
+            "(verify<Type>IsrExp, written by cp_verify's ISR with LSST CALIB UUID/RUN <NAME> cards), for "
+            "decisions on cp_verify's outputs; this package's verification writes no such exposure."
+        ),
+        default=False,
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -183,8 +244,11 @@ class CpVerifyDecisionConfig(PipelineTaskConfig, pipelineConnections=CpVerifyDec
             )
 
 
-def merge_calibrations(records: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Union of the calibrations used recorded in detector dictionaries.
+def merge_calibrations(
+    records: Iterable[Mapping[str, Any]], *, more: Iterable[Mapping[str, Any]] = ()
+) -> dict[str, list[dict[str, Any]]]:
+    """Union of the calibrations used recorded in detector dictionaries
+    (and found elsewhere).
 
     Parameters
     ----------
@@ -192,6 +256,9 @@ def merge_calibrations(records: Iterable[Mapping[str, Any]]) -> dict[str, list[d
         Detector verification dictionaries; those with a
         ``CPC_CALIBRATIONS`` mapping (connection name → one dataset record
         or a list of them) contribute.
+    more
+        More mappings of the ``CPC_CALIBRATIONS`` form (e.g. from
+        `calibrations_from_isr_header`).
 
     Returns
     -------
@@ -200,8 +267,9 @@ def merge_calibrations(records: Iterable[Mapping[str, Any]]) -> dict[str, list[d
         ``run``, ``data_id``) sorted by data ID then id.
     """
     merged: dict[str, dict[str, dict[str, Any]]] = {}
-    for rec in records:
-        for name, value in (rec.get("CPC_CALIBRATIONS") or {}).items():
+    sources = [rec.get("CPC_CALIBRATIONS") or {} for rec in records] + [dict(m) for m in more]
+    for source in sources:
+        for name, value in source.items():
             items = value if isinstance(value, list) else [value]
             for item in items:
                 if item:
@@ -210,6 +278,117 @@ def merge_calibrations(records: Iterable[Mapping[str, Any]]) -> dict[str, list[d
         name: sorted(by_id.values(), key=lambda r: (sorted(r.get("data_id", {}).items()), r["id"]))
         for name, by_id in sorted(merged.items())
     }
+
+
+def calibrations_from_isr_header(
+    header: Mapping[str, Any], data_id: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The calibrations an ISR step recorded in a processed exposure's
+    header (ip_isr's header provenance).
+
+    Parameters
+    ----------
+    header
+        Primary header of the processed exposure (keys without
+        ``HIERARCH``).
+    data_id
+        Data ID of the processed exposure (``instrument``, ``detector``
+        and, when known, ``physical_filter``).
+
+    Returns
+    -------
+    calibrations : `dict` [`str`, `dict`]
+        For each of `ISR_PROVENANCE_CALIBRATIONS` with an ``LSST CALIB UUID
+        <NAME>`` card: ``dataset_type`` (the ISR input's name, which is the
+        dataset type in cp_verify's pipelines), ``id``, ``run`` (``LSST
+        CALIB RUN <NAME>``) and ``data_id`` (the calibration's dimensions
+        taken from ``data_id``).
+
+    Raises
+    ------
+    ValueError
+        A ``LSST CALIB UUID`` card that is not a dataset id.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name in ISR_PROVENANCE_CALIBRATIONS:
+        value = header.get(f"LSST CALIB UUID {name.upper()}")
+        if value is None or str(value).strip() == "":
+            continue
+        try:
+            dataset_id = str(uuid.UUID(str(value).strip()))
+        except ValueError:
+            raise ValueError(f"LSST CALIB UUID {name.upper()} = {value!r} is not a dataset id") from None
+        run = header.get(f"LSST CALIB RUN {name.upper()}")
+        out[name] = {
+            "dataset_type": name,
+            "id": dataset_id,
+            "run": None if run is None else str(run),
+            "data_id": {
+                k: (data_id[k] if isinstance(data_id[k], (int, str)) else str(data_id[k]))
+                for k in _CALIBRATION_DIMENSIONS[name]
+                if data_id.get(k) is not None
+            },
+        }
+    return out
+
+
+def read_primary_header_of(uri: Any) -> dict[str, Any] | None:
+    """The primary header of a FITS file, reading only its first bytes.
+
+    Parameters
+    ----------
+    uri
+        A `lsst.resources.ResourcePath` (ranged reads for remote stores).
+
+    Returns
+    -------
+    header : `dict` or `None`
+        Keyword → value (``HIERARCH`` dropped from the keywords, undefined
+        values as `None`); `None` when the file does not start with a FITS
+        primary header (e.g. a whole-file compressed FITS file).
+    """
+    size = _HEADER_READ_BYTES
+    while True:
+        data = uri.read(size=size)
+        if not data.startswith(b"SIMPLE  "):
+            return None
+        for start in range(0, len(data) - 79, 80):
+            if data[start : start + 8] == b"END     ":
+                header = fits.Header.fromstring(data[: start + 80].decode("ascii", errors="replace"))
+                out: dict[str, Any] = {}
+                for card in header.cards:
+                    if card.keyword and card.keyword not in ("COMMENT", "HISTORY"):
+                        value = card.value
+                        if isinstance(value, fits.card.Undefined):
+                            value = None
+                        elif isinstance(value, np.bool_):
+                            value = bool(value)
+                        out[card.keyword] = value
+                return out
+        if len(data) < size:
+            return None
+        size *= 2
+
+
+def _read_isr_header(handle: Any) -> dict[str, Any]:
+    """Primary header of a processed exposure: its first bytes only, or
+    (files that do not start with a plain FITS header) the whole file."""
+    header = read_primary_header_of(handle.butler.getURI(handle.ref))
+    if header is None:
+        header = read_dataset_file(handle, read_primary_header)
+    return header
+
+
+def _isr_data_id(ref: Any) -> dict[str, Any]:
+    """Instrument, detector and (when the data ID has it) physical filter of
+    a processed exposure's dataset ref."""
+    data_id = ref.dataId
+    out = {k: data_id[k] for k in ("instrument", "detector")}
+    try:
+        out["physical_filter"] = data_id["physical_filter"]
+    except (KeyError, LookupError):
+        pass
+    return out
 
 
 class CpVerifyDecisionTask(PipelineTask):
@@ -227,12 +406,28 @@ class CpVerifyDecisionTask(PipelineTask):
         det_stats = []
         if self.config.doReadCalibrations:
             det_stats = [butlerQC.get(ref) for ref in inputRefs.inputDetStats]
+        isr_calibrations = None
+        if self.config.doReadIsrProvenance:
+            isr_calibrations = []
+            for handle in butlerQC.get(inputRefs.inputIsrExposures):
+                header = _read_isr_header(handle)
+                try:
+                    isr_calibrations.append(calibrations_from_isr_header(header, _isr_data_id(handle.ref)))
+                except ValueError as err:
+                    raise CpInputError(
+                        f"{handle.ref.datasetType.name} {dict(handle.ref.dataId.required)}: {err}; the ISR "
+                        "provenance header is damaged: re-run the verification"
+                    ) from None
         data_id = butlerQC.quantum.dataId
         physical_filter = (
             data_id["physical_filter"] if "physical_filter" in data_id.dimensions.names else None
         )
         outputs = self.run(
-            exp_stats, det_stats, instrument=data_id["instrument"], physical_filter=physical_filter
+            exp_stats,
+            det_stats,
+            instrument=data_id["instrument"],
+            physical_filter=physical_filter,
+            isrCalibrations=isr_calibrations,
         )
         butlerQC.put(outputs, outputRefs)
 
@@ -243,6 +438,7 @@ class CpVerifyDecisionTask(PipelineTask):
         *,
         instrument: str,
         physical_filter: str | None = None,
+        isrCalibrations: Sequence[Mapping[str, Any]] | None = None,
     ) -> Struct:
         """Decide.
 
@@ -258,6 +454,10 @@ class CpVerifyDecisionTask(PipelineTask):
             Instrument name.
         physical_filter
             Physical filter (flat decisions).
+        isrCalibrations
+            Calibrations read from the processed exposures' ISR provenance
+            headers, one `calibrations_from_isr_header` mapping per
+            exposure and detector (`None`: not read).
 
         Returns
         -------
@@ -274,7 +474,12 @@ class CpVerifyDecisionTask(PipelineTask):
                 f"{instrument}: the {self.config.calibrationType} exposure verification results are not in "
                 f"cp_verify's shape ({err!r}); re-run the verification pipeline"
             ) from err
-        calibrations = merge_calibrations(inputDetStats)
+        calibrations = merge_calibrations(inputDetStats, more=isrCalibrations or ())
+        sources = []
+        if any(rec.get("CPC_CALIBRATIONS") for rec in inputDetStats):
+            sources.append("detector verification results (CPC_CALIBRATIONS)")
+        if any(isrCalibrations or ()):
+            sources.append(f"ISR provenance headers (verify{self.config.connections.calibType}IsrExp)")
         verification_thresholds: dict[str, Any] = {}
         for rec in inputDetStats:
             if rec.get("CPC_THRESHOLDS"):
@@ -298,6 +503,7 @@ class CpVerifyDecisionTask(PipelineTask):
                 },
                 "EXPOSURES": list(ordered),
                 "CALIBRATIONS": calibrations,
+                "CALIBRATIONS_SOURCE": sources,
             }
         )
         if physical_filter is not None:
