@@ -15,9 +15,9 @@ Rules
 - A "no" decision, a missing decision, or a decision about other datasets
   than the ones being certified raises `CertificationRefused`; nothing is
   certified.  Flats of several physical filters need a "yes" for each
-  filter.  A decision that lists no calibration (made from cp_verify's
-  outputs, which do not record them) is accepted with a warning that the
-  datasets could not be checked.
+  filter.  A decision that lists no calibration (its verification did not
+  record them, e.g. cp_verify's outputs without ISR header provenance) is
+  accepted with a warning that the datasets could not be checked.
 - A validity range that overlaps an existing one for the same dataset type
   and data ID, held by a different dataset or with a different range, raises
   `CertificationConflict` naming each clash; nothing is certified (all data
@@ -322,8 +322,9 @@ def _check_decision(
     verified = (decision.get("CALIBRATIONS") or {}).get(calib_type)
     if verified is None:
         _LOG.warning(
-            "%s of %s does not list the calibration datasets it verified (a decision made from cp_verify's "
-            "outputs, which do not record them); the %d dataset(s) certified are not checked against it.",
+            "%s of %s does not list the calibration datasets it verified (its verification results did not "
+            "record them, e.g. cp_verify's outputs without ISR header provenance); the %d dataset(s) certified "
+            "are not checked against it.",
             dtype,
             instrument,
             len(refs),

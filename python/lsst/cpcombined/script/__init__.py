@@ -14,6 +14,9 @@ from .core import (
     ProcedureError,
     RunSummary,
     StepRecord,
+    check_pipeline_files,
+    pipeline_path,
+    procedure_pipelines,
 )
 from .protocols import Camera, JobResult, PipelineService, RawWaiter, ScriptState
 from .schema import ConfigError, ScriptConfig, get_schema, validate_config
@@ -32,6 +35,9 @@ __all__ = (
     "ScriptConfig",
     "ScriptState",
     "StepRecord",
+    "check_pipeline_files",
     "get_schema",
+    "pipeline_path",
+    "procedure_pipelines",
     "validate_config",
 )

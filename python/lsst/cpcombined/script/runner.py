@@ -21,7 +21,7 @@ A run configuration is the script configuration (SPEC §7 keys) plus:
 
 from __future__ import annotations
 
-__all__ = ("PreflightError", "RunConfig", "load_run_config", "run_procedure")
+__all__ = ("PreflightError", "RunConfig", "load_run_config", "run_directory", "run_procedure")
 
 import asyncio
 import dataclasses
@@ -29,6 +29,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Mapping
@@ -42,7 +43,14 @@ from lsst.daf.butler import Butler
 from ..repo.collections import collection_exists
 from ..repo.create import create_repo
 from ..simulation import SimulationTruth
-from .core import MakeCalibrationsCore, ProcedureError, RunSummary
+from .core import (
+    MakeCalibrationsCore,
+    ProcedureError,
+    RunSummary,
+    StepRecord,
+    check_pipeline_files,
+    procedure_pipelines,
+)
 from .local import ButlerRawWaiter, LocalPipelineService, LocalSimulatedCamera
 from .schema import ConfigError, ScriptConfig, validate_config
 from .state import RunBook, RunState, config_key
@@ -234,9 +242,14 @@ def run_procedure(
         Butler repository; created (embedded SQLite) when it does not
         exist. Default: ``./cpcombined_repo``.
     summary_json
-        Where to write the summary JSON.
+        Where to write (a copy of) the summary JSON.
     report
-        Where to write the HTML report.
+        Where to write (a copy of) the HTML report.  The summary and the
+        report of every run are kept in its directory,
+        ``REPO/cpcombined/runs/<instrument>/<run id>/`` (`run_directory`),
+        whether or not these paths are given, so a later run never
+        overwrites them; a resumed run's summary and report list the steps
+        of its earlier sessions too.
     resume
         Id of a run to resume (a stopped, killed or failed one).
 
@@ -255,6 +268,12 @@ def run_procedure(
     repo = Path(repo or run_cfg.script.get("repo") or "cpcombined_repo").expanduser().resolve()
     script_cfg = {**run_cfg.script, "repo": str(repo)}
     cfg = validate_config(script_cfg, run_cfg.instrument)
+    if cfg.calibration_pipelines == "science_pipelines":
+        check_pipeline_files(
+            procedure_pipelines(cfg).values(),
+            what="calibration_pipelines: science_pipelines",
+            alternative="choose calibration_pipelines: cp_combined",
+        )
     truth = SimulationTruth(run_cfg.instrument, run_cfg.simulation)
     summary_json = _check_writable_file(summary_json, "--summary-json") if summary_json else None
     report = _check_writable_file(report, "--report") if report else None
@@ -270,6 +289,80 @@ def run_procedure(
         book.set_lock_holder(selection.state.run_id)
         _progress(selection.message)
         return _run_locked(run_cfg, cfg, script_cfg, truth, repo, selection.state, summary_json, report)
+
+
+def run_directory(state: RunState) -> Path:
+    """Where a run's summary and report are kept:
+    ``REPO/cpcombined/runs/<instrument>/<run id>/``."""
+    return state.path.parent / state.run_id
+
+
+def _check_read_noise(summary: RunSummary, repo: Path, cfg: ScriptConfig, truth: SimulationTruth) -> None:
+    """Compare the measured, fitted and nominal read noise of every
+    amplifier (`lsst.cpcombined.cli.report.read_noise`): the values and the
+    disagreements go to the summary (``extra["read_noise"]`` of the bias,
+    else of the PTC) and the disagreements to the log.  Never fails the
+    run."""
+    target = summary.calibrations.get("bias") or summary.calibrations.get("ptc")
+    if target is None:
+        return
+    try:
+        from ..cli.report import ReportContext, read_noise_checks, read_noise_summary
+
+        butler = Butler.from_config(str(repo), writeable=False)
+        checks = read_noise_checks(ReportContext(butler, summary, cfg, truth))
+    except Exception as err:  # a check must never fail the run
+        _LOG.warning("Read-noise check not available: %s", err)
+        return
+    result = read_noise_summary(checks)
+    target.extra["read_noise"] = result
+    measured = [c.overscan.value for c in checks if c.overscan.valid]
+    if measured:
+        _progress(
+            f"Read noise measured on {len(measured)} amplifiers: {min(measured):.2f}–{max(measured):.2f} e- "
+            "(overscan of the biases)"
+        )
+    if result["flags"]:
+        _progress(f"Read noise: {len(result['flags'])} disagreement(s) beyond the errors:")
+        for line in result["flags"]:
+            _progress(f"  {line}")
+            _LOG.warning("Read noise disagreement: %s", line)
+
+
+def _write_run_outputs(
+    summary: RunSummary,
+    state: RunState,
+    repo: Path,
+    cfg: ScriptConfig,
+    truth: SimulationTruth,
+    summary_json: Path | None,
+    report: Path | None,
+) -> None:
+    """Write the summary and the report into the run's directory (so that no
+    later run overwrites them), and copy them to the requested paths."""
+    directory = run_directory(state)
+    directory.mkdir(parents=True, exist_ok=True)
+    kept_summary = directory / "summary.json"
+    kept_summary.write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+    if summary_json:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kept_summary, summary_json)
+        _progress(f"Summary written to {summary_json} (kept in {kept_summary})")
+    kept_report = directory / "report.html"
+    try:
+        from ..cli.report import write_report
+
+        write_report(kept_report, summary, repo=str(repo), config=cfg, truth=truth)
+    except Exception as err:  # the report must never fail the run
+        _LOG.warning("Report not written: %s", err, exc_info=_LOG.isEnabledFor(logging.DEBUG))
+        _progress(f"Report not written: {err}")
+        return
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kept_report, report)
+        _progress(f"Report written to {report} (kept in {kept_report})")
+    else:
+        _progress(f"Report written to {kept_report}")
 
 
 def _run_locked(
@@ -293,6 +386,12 @@ def _run_locked(
         state_store=state,
         progress=_progress,
     )
+    # A resumed run's summary keeps the steps of its earlier sessions.
+    earlier = [StepRecord(**step) for step in state.get("steps", []) or [] if isinstance(step, dict)]
+    core.summary.steps.extend(earlier)
+    sessions = list(state.get("sessions", []) or [])
+    sessions.append({"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
+    state.set("sessions", sessions)
 
     async def main() -> RunSummary:
         loop = asyncio.get_running_loop()
@@ -325,16 +424,8 @@ def _run_locked(
         state.set_status("stopped", "interrupted")
     else:
         state.set_status("succeeded" if exit_code == 0 else "failed", summary.error or "")
-    if summary_json:
-        summary_json.parent.mkdir(parents=True, exist_ok=True)
-        summary_json.write_text(json.dumps(summary.as_dict(), indent=2, default=str))
-        _progress(f"Summary written to {summary_json}")
-    if report:
-        from ..cli.report import write_report
-
-        report.parent.mkdir(parents=True, exist_ok=True)
-        write_report(report, summary, repo=str(repo), config=cfg)
-        _progress(f"Report written to {report}")
+    _check_read_noise(summary, repo, cfg, truth)
+    _write_run_outputs(summary, state, repo, cfg, truth, summary_json, report)
     status = "SUCCESS" if exit_code == 0 else f"FAILED ({summary.error})"
     _progress(f"{run_cfg.instrument} daily calibration, run {state.run_id}: {status}")
     for name, outcome in summary.calibrations.items():

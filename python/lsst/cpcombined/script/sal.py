@@ -138,6 +138,8 @@ class _BaseMakeCalibrations(salobj.BaseScript):
             checkpoint=self.checkpoint,
             pipelines_dir="${CPCOMBINED_DIR}/pipelines",
             progress=self.log.info,
+            # OCPS resolves the pipelines' ${...} paths on its own hosts.
+            check_pipelines=False,
         )
         await self.core.configure(values)
 
