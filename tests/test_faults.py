@@ -447,3 +447,25 @@ def test_bias_offset_in_every_frame_is_not_certified(tmp_path):
     assert "LEVEL" in bias.decision_report
     levels = [v for v in bias.extra["decision"]["COUNTS"].values()]
     assert all(counts.get("LEVEL") == 16 for counts in levels), levels
+
+
+def test_bias_with_a_dead_amplifier_is_certified_and_named(tmp_path):
+    """One amplifier NaN in every bias: the product masks it BAD; the bias is
+    certified (the other amplifiers are good and ISR masks the dead one) and
+    the amplifier is named in the decision report and the summary."""
+    config = _config(
+        tmp_path, n_bias=4, simulation={
+            "seed": 5, "geometry_scale": 0.0625,
+            "faults": [{"image_type": "bias", "amplifiers": ["C10"], "nan": True}],
+        },
+    )
+    summary_path = tmp_path / "summary.json"
+    code, summary = run_procedure(config, repo=tmp_path / "repo", summary_json=summary_path)
+    assert code == 0, summary.error
+    bias = summary.calibrations["bias"]
+    assert bias.certified
+    assert bias.warnings == [
+        "RXX_S00 C10: 100% of the bias under test is unusable (masked BAD); the amplifier gives no calibrated data"
+    ]
+    assert "WARNING: RXX_S00 C10" in bias.decision_report
+    assert json.loads(summary_path.read_text())["calibrations"]["bias"]["warnings"] == bias.warnings

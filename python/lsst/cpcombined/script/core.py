@@ -277,6 +277,7 @@ class CalibrationOutcome:
     calib_collection: str | None = None
     validity: tuple[str, str] | None = None
     jobs: dict[str, str] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -850,6 +851,9 @@ class MakeCalibrationsCore:
         outcome.decision = "pass" if certify else "fail"
         outcome.decision_report = str(decision.get("REPORT", decision.get("report", "")))
         outcome.extra["decision"] = decision
+        outcome.warnings = [str(w) for w in decision.get("WARNINGS") or []]
+        for warning in outcome.warnings:
+            self.progress(f"WARNING {image_type}: {warning}")
         self.progress(f"{image_type} decision: {outcome.decision}\n{outcome.decision_report}")
         if not certify:
             first = outcome.decision_report.splitlines()[0] if outcome.decision_report else ""

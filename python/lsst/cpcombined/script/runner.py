@@ -433,4 +433,6 @@ def _run_locked(
             f"  {name:8s} decision={outcome.decision:12s} certified={outcome.certified} "
             f"{outcome.calib_collection or ''}"
         )
+        for warning in outcome.warnings:
+            _progress(f"           warning: {warning}")
     return exit_code, summary

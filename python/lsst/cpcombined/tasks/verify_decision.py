@@ -78,6 +78,7 @@ __all__ = (
     "calibrations_from_isr_header",
     "merge_calibrations",
     "read_primary_header_of",
+    "unusable_amplifiers",
 )
 
 import dataclasses
@@ -195,6 +196,37 @@ class CpVerifyDecisionConnections(
             del self.inputIsrExposures
 
 
+def unusable_amplifiers(
+    det_stats: Sequence[Mapping[str, Any]], calib_type: str, min_fraction: float
+) -> list[str]:
+    """Amplifiers of the calibration under test that have (almost) no
+    usable pixel, from our detector results (``CPC_AMP`` ...
+    ``CALIB_BAD_FRACTION``), one message per (detector, amplifier).
+
+    Parameters
+    ----------
+    det_stats
+        ``verify<Type>DetStats`` dictionaries (cp_verify's have no
+        ``CPC_AMP``: nothing is found).
+    calib_type
+        Calibration type (for the message).
+    min_fraction
+        Smallest unusable fraction reported.
+    """
+    worst: dict[tuple[str, str], float] = {}
+    for rec in det_stats:
+        detector = str((rec.get("CPC_IDENTITY") or {}).get("DETECTOR", "?"))
+        for amp, values in (rec.get("CPC_AMP") or {}).items():
+            fraction = values.get("CALIB_BAD_FRACTION")
+            if fraction is not None and float(fraction) >= min_fraction:
+                worst[(detector, amp)] = max(worst.get((detector, amp), 0.0), float(fraction))
+    return [
+        f"{detector} {amp}: {100 * fraction:.0f}% of the {calib_type} under test is unusable (masked BAD); "
+        "the amplifier gives no calibrated data"
+        for (detector, amp), fraction in sorted(worst.items())
+    ]
+
+
 class CpVerifyDecisionConfig(PipelineTaskConfig, pipelineConnections=CpVerifyDecisionConnections):
     """Configuration of `CpVerifyDecisionTask`."""
 
@@ -214,6 +246,15 @@ class CpVerifyDecisionConfig(PipelineTaskConfig, pipelineConnections=CpVerifyDec
             "one test has at least T x (floor(D/2) + 1) failures."
         ),
         default=majority.DEFAULT_THRESHOLD,
+    )
+    unusableAmpFraction = Field(
+        dtype=float,
+        doc=(
+            "An amplifier of the calibration under test with at least this fraction of unusable (BAD or "
+            "NO_DATA) pixels is named in the decision's WARNINGS and report (it does not change the "
+            "decision: the amplifier is masked in the product, so ISR masks it)."
+        ),
+        default=0.99,
     )
     doReadCalibrations = Field(
         dtype=bool,
@@ -487,6 +528,13 @@ class CpVerifyDecisionTask(PipelineTask):
                 break
         out = decision.to_dict()
         report = decision.report
+        warnings = unusable_amplifiers(
+            inputDetStats, self.config.calibrationType, self.config.unusableAmpFraction
+        )
+        if warnings:
+            report += "".join(f"\n  WARNING: {w}" for w in warnings)
+            out["REPORT"] = report
+        out["WARNINGS"] = warnings
         if not calibrations:
             report += "\n  " + NO_CALIBRATIONS_NOTE
             out["REPORT"] = report
