@@ -469,3 +469,33 @@ def test_bias_with_a_dead_amplifier_is_certified_and_named(tmp_path):
     ]
     assert "WARNING: RXX_S00 C10" in bias.decision_report
     assert json.loads(summary_path.read_text())["calibrations"]["bias"]["warnings"] == bias.warnings
+
+
+def test_sigint_ends_with_a_summary_and_the_run_resumes(tmp_path):
+    import signal
+    import time
+
+    config = _config(tmp_path, n_bias=6, script_mode="BIAS_DARK", n_dark=3, exp_times_dark=10,
+                     execution={"pipeline_mode": "inprocess", "max_jobs": 1})
+    repo = tmp_path / "repo"
+    summary = tmp_path / "summary.json"
+    cmd = [sys.executable, "-m", "lsst.cpcombined.cli.main", "run", str(config), "--repo", str(repo),
+           "--summary-json", str(summary)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = repo / "cpcombined" / "runs" / "LATISS"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        states = list(runs.glob("*.json")) if runs.exists() else []
+        if states and "cpBias" in json.loads(states[0].read_text()).get("jobs", {}):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    doc = json.loads(summary.read_text())
+    assert doc["success"] is False and doc["error"].startswith("interrupted")
+    (state,) = runs.glob("*.json")
+    assert json.loads(state.read_text())["status"] == "stopped"
+    code, resumed = run_procedure(config, repo=repo)
+    assert code == 0 and resumed.run_id == state.stem

@@ -533,7 +533,7 @@ class BpsPipelineService:
             events = await asyncio.to_thread(job.reader.poll)
         except Exception:  # noqa: BLE001 - progress must never break a workflow
             _LOG.warning(
-                "Reading the progress of %s failed; the workflow goes on.", job.submit_dir, exc_info=True
+                "Reading the progress of %s failed; the workflow goes on.", job.submit_dir
             )
             job.reader = None
             return

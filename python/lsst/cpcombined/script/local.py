@@ -317,6 +317,8 @@ class LocalPipelineService:
         assert tracker is not None
 
         def sink(event: ProgressEvent | tuple) -> None:
+            if loop.is_closed():
+                return  # the procedure has ended (e.g. interrupted) while this job still runs
             loop.call_soon_threadsafe(tracker.feed, event)
 
         return sink

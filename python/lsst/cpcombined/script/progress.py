@@ -321,7 +321,7 @@ class JobProgress:
 
     def _warn_broken(self) -> None:
         _LOG.warning(
-            "Progress reporting of job %s failed; the job goes on without it.", self.name, exc_info=True
+            "Progress reporting of job %s failed; the job goes on without it.", self.name
         )
 
     def _label(self, label: str | None) -> _LabelCount | None:
@@ -448,7 +448,8 @@ class _ProgressFilter(logging.Filter):
                     self._sink(event)
             except Exception:  # noqa: BLE001 - progress must never break a job
                 self._broken = True
-                _LOG.warning("Reading pipetask progress failed; the job goes on without it.", exc_info=True)
+                _LOG.warning("Reading pipetask progress failed; the job goes on without it.")
+                _LOG.debug("Cause of the progress failure", exc_info=True)
         parent = self._logger.parent
         return record.levelno >= (parent.getEffectiveLevel() if parent is not None else logging.WARNING)
 
