@@ -499,3 +499,35 @@ def test_sigint_ends_with_a_summary_and_the_run_resumes(tmp_path):
     assert json.loads(state.read_text())["status"] == "stopped"
     code, resumed = run_procedure(config, repo=repo)
     assert code == 0 and resumed.run_id == state.stem
+
+
+def test_certify_command_messages(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    assert cli_main(["init", str(repo)]) == 0
+    Butler.from_config(str(repo), writeable=True).collections.register("gen/bias", CollectionType.RUN)
+    capsys.readouterr()
+    # A bad date: one line naming the flag.
+    assert cli_main(["certify", str(repo), "--dataset-type", "bias", "--run", "gen/bias",
+                     "--collection", "LATISS/calib/x", "--begin", "2026-01-01T00:00:00Z"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--begin" in err[0] and "time zone" in err[0]
+    # A missing decision names the CLI flags; the result prints once.
+    import numpy as np
+    from lsst.cpcombined.repo.products import to_masked_image
+    from lsst.daf.butler import DatasetType
+
+    butler = Butler.from_config(str(repo), writeable=True)
+    butler.registry.registerDatasetType(
+        DatasetType("bias", ("instrument", "detector"), "ExposureF", universe=butler.dimensions, isCalibration=True)
+    )
+    zeros = np.zeros((8, 16))
+    butler.put(to_masked_image(zeros, zeros, zeros.astype(np.uint8), unit=None), "bias",
+               instrument="LATISS", detector=0, run="gen/bias")
+    args = ["certify", str(repo), "--dataset-type", "bias", "--run", "gen/bias", "--collection", "LATISS/calib/x"]
+    assert cli_main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--decision-collection" in err[0] and "--no-decision" in err[0]
+    assert cli_main([*args, "--no-decision"]) == 0
+    out = capsys.readouterr()
+    assert out.out.count("certified into LATISS/calib/x") == 1 and "[-inf, 2050-01-01" in out.out
+    assert "certified into" not in out.err

@@ -222,6 +222,7 @@ def _certify_args(p: argparse.ArgumentParser):
                 require_decision=not args.no_decision,
                 chain=args.chain,
                 where=args.where,
+                what=("--begin", "--end"),
             )
         except CertificationError as err:
             print(f"cpcombined certify: {err}", file=sys.stderr)

@@ -67,6 +67,8 @@ from lsst.daf.butler import (
 )
 from lsst.daf.butler.registry import ConflictingDefinitionError
 
+from .validity import validity_range
+
 _LOG = logging.getLogger(__name__)
 
 #: Calibration types that need a verification decision before certification.
@@ -199,17 +201,6 @@ def decision_dataset_type(calib_type: str) -> str:
 
 
 TimeLike = str | astropy.time.Time | datetime.datetime | datetime.date
-
-
-def _to_time(value: TimeLike, what: str) -> astropy.time.Time:
-    if isinstance(value, astropy.time.Time):
-        return value.tai
-    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
-        value = datetime.datetime(value.year, value.month, value.day)
-    try:
-        return astropy.time.Time(value, scale="tai")
-    except ValueError as err:
-        raise ValueError(f"{what} {value!r} is not a date/time (ISO-8601, TAI): {err}") from None
 
 
 def resolve_run(butler: Butler, collection: str) -> str:
@@ -359,6 +350,7 @@ def certify_calibration(
     match_decision: bool = True,
     where: str = "",
     chain: str | None = None,
+    what: tuple[str, str] = ("begin", "end"),
 ) -> CertifyResult:
     """Certify the calibrations of a RUN collection into a CALIBRATION
     collection over ``[begin, end)``.
@@ -399,6 +391,9 @@ def certify_calibration(
     chain : `str`, optional
         CHAINED collection to prepend ``calib_collection`` to (created when
         missing; unchanged when it already contains it).
+    what : `tuple` [`str`, `str`]
+        Names of the begin and end settings in messages (the CLI's
+        ``--begin``/``--end``, the script's ``certify_calib_*_date``).
 
     Returns
     -------
@@ -415,11 +410,9 @@ def certify_calibration(
         Other failures (no datasets, bad collections, not a calibration
         dataset type).  In every case nothing is certified.
     """
-    t_begin = _to_time(begin, "begin")
-    t_end = _to_time(end, "end")
-    if not t_begin < t_end:
-        raise ValueError(f"validity range is empty: begin {t_begin.isot} is not before end {t_end.isot}")
-    timespan = Timespan(begin=t_begin, end=t_end)
+    validity = validity_range(begin, end, what=what)
+    # A begin before 1970 is stored unbounded (the butler's times start there).
+    timespan = Timespan(begin=None if validity.unbounded_begin else validity.begin, end=validity.end)
     span = f"[{_fmt_time(timespan.begin, '-inf')}, {_fmt_time(timespan.end, '+inf')})"
 
     try:
@@ -449,8 +442,9 @@ def certify_calibration(
             if require_decision:
                 raise CertificationRefused(
                     f"certifying a {dataset_type} needs its verification decision "
-                    f"({decision_dataset_type(dataset_type)}): give decision_collection, or "
-                    "require_decision=False to certify without verification"
+                    f"({decision_dataset_type(dataset_type)}): name the verification output that holds it "
+                    "(--decision-collection; decision_collection= in Python), or certify without verification "
+                    "(--no-decision; require_decision=False)"
                 )
             _LOG.warning("Certifying %s from %s WITHOUT a verification decision.", dataset_type, run_name)
         else:
@@ -514,7 +508,7 @@ def certify_calibration(
         chain=chain,
         chain_updated=chain_updated,
     )
-    _LOG.info("%s", result.summary())
+    _LOG.debug("%s", result.summary())
     return result
 
 

@@ -871,8 +871,8 @@ class MakeCalibrationsCore:
         dataset_type = calib_type
         begin, end = cfg.certify_calib_begin_date, cfg.certify_calib_end_date
 
-        def do() -> None:
-            certify_calibration(
+        def do() -> Any:
+            return certify_calibration(
                 self._butler,
                 dataset_type=dataset_type,
                 run=run_collection,
@@ -882,12 +882,15 @@ class MakeCalibrationsCore:
                 decision_collection=outcome.verification_collection,
                 require_decision=calib_type in ("bias", "dark", "flat") and cfg.do_verify,
                 chain=cfg.certify_chain or None,
+                what=("certify_calib_begin_date", "certify_calib_end_date"),
             )
 
-        await self._step(f"certify {calib_type}", self._registry(do))
+        result = await self._step(f"certify {calib_type}", self._registry(do))
+        self.progress(f"  {result.summary()}")
         outcome.certified = True
         outcome.calib_collection = cfg.calib_collection
-        outcome.validity = (begin, end)
+        # The range as stored (a begin before 1970 is stored unbounded: -inf).
+        outcome.validity = (result.begin, result.end)
 
     async def _gain_from_pairs(self, flats: list[int]) -> None:
         await self._after("gen:bias", "gen:dark")
