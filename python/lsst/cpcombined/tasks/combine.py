@@ -15,6 +15,7 @@ from lsst.pipe.base import PipelineTask, PipelineTaskConfig, PipelineTaskConnect
 from lsst.pipe.base import connectionTypes as cT
 
 from ..algorithms import combine as engine
+from ..algorithms import read_noise
 from ..algorithms.isr import amp_regions
 from ..algorithms.masks import BIT, bits
 from ..errors import CpInputError
@@ -122,11 +123,29 @@ class CpCombineConfig(PipelineTaskConfig, pipelineConnections=CpCombineConnectio
         doc="FLATSRC header value of a flat (the light source: DOME, TWILIGHT, SKY...).",
         default="DOME",
     )
+    doReadNoise = Field(
+        dtype=bool,
+        doc=(
+            "Bias only: measure the read noise of every amplifier (clipped mean of the inputs' overscan "
+            "noise; white noise of the imaging area from differences of input pairs) and record it in the "
+            "header (LSST ISR READNOISE <amp>, CPC_READNOISE_* keys; see "
+            "lsst.cpcombined.algorithms.read_noise)."
+        ),
+        default=True,
+    )
+    readNoisePairs = Field(
+        dtype=int,
+        doc="Bias only: largest number of disjoint input pairs whose differences measure the imaging-area "
+        "read noise (0: overscan only).",
+        default=5,
+    )
 
     def validate(self) -> None:
         super().validate()
         if self.nSigma <= 0 or self.nIter < 0:
             raise ValueError("nSigma must be > 0 and nIter >= 0")
+        if self.readNoisePairs < 0:
+            raise ValueError("readNoisePairs must be >= 0")
         if self.minInputs < 1:
             raise ValueError("minInputs must be >= 1")
         bits(*self.maskPlanes)  # unknown plane names raise KeyError
@@ -294,6 +313,8 @@ class CpCombineTask(PipelineTask):
         write_percentiles(md, cfg.calibrationType, amp_percentiles(image, mask, regions))
         n_bad_amp = {amp: int(np.count_nonzero(no_input[ys, xs])) for amp, (ys, xs) in regions.items()}
         write_bad_pixel_counts(md, cfg.calibrationType, n_bad_amp)
+        if cfg.calibrationType == "bias" and cfg.doReadNoise:
+            md.update(self._measure_read_noise(handles, headers, shape, regions, det.name))
         from .. import __version__
 
         md.update(
@@ -310,6 +331,74 @@ class CpCombineTask(PipelineTask):
             image, variance, mask, unit=_product_unit(cfg.calibrationType, isr_units), metadata=md
         )
         return Struct(outputData=out)
+
+    def _measure_read_noise(
+        self,
+        handles: Sequence[Any],
+        headers: Sequence[Mapping[str, Any]],
+        shape: tuple[int, int],
+        regions: Mapping[str, tuple[slice, slice]],
+        detector_name: str,
+    ) -> dict[str, Any]:
+        """Read noise per amplifier measured on the inputs (see
+        `lsst.cpcombined.algorithms.read_noise`), as header keys.
+
+        ``LSST ISR READNOISE <amp>`` and ``CPC_READNOISE_<amp>`` (e-):
+        clipped mean of the inputs' overscan noise, ``CPC_READNOISE_<amp>_ERR``
+        its error, ``CPC_READNOISE_<amp>_ADU`` the same in ADU;
+        ``CPC_READNOISE_IMAGE_<amp>`` and ``_ERR`` (e-): white noise of the
+        imaging area from input-pair differences; ``LSST ISR GAIN <amp>``:
+        the gain the ISR applied; ``CPC_OVERSCAN_LEVEL_<amp>`` (ADU): median
+        of the inputs' overscan levels; ``CPC_READNOISE_NFRAMES`` and
+        ``CPC_READNOISE_NPAIRS``.
+        """
+        md: dict[str, Any] = {}
+        overscan: dict[str, read_noise.ReadNoiseEstimate] = {}
+        to_electrons: dict[str, float] = {}  # factor from the inputs' pixel units to electrons
+        for amp in regions:
+            gains = np.array([float(h.get(f"ISR_{amp}_GAIN", math.nan)) for h in headers])
+            gain = float(np.nanmedian(gains)) if np.isfinite(gains).any() else math.nan
+            applied = all(float(h.get(f"ISR_{amp}_GAIN_APPLIED", 1.0)) == 1.0 for h in headers)
+            to_electrons[amp] = 1.0 if applied else gain
+            in_adu = read_noise.combine_frame_noise(
+                h.get(f"ISR_{amp}_OVERSCAN_NOISE_ADU", math.nan) for h in headers
+            )
+            overscan[amp] = in_adu.scaled(gain)
+            levels = np.array([float(h.get(f"ISR_{amp}_OVERSCAN_LEVEL_ADU", math.nan)) for h in headers])
+            md[f"LSST ISR READNOISE {amp}"] = overscan[amp].value
+            md[f"LSST ISR GAIN {amp}"] = gain
+            md[f"CPC_READNOISE_{amp}"] = overscan[amp].value
+            md[f"CPC_READNOISE_{amp}_ERR"] = overscan[amp].error
+            md[f"CPC_READNOISE_{amp}_ADU"] = in_adu.value
+            md[f"CPC_OVERSCAN_LEVEL_{amp}"] = (
+                float(np.nanmedian(levels)) if np.isfinite(levels).any() else math.nan
+            )
+        md["CPC_READNOISE_NFRAMES"] = len(headers)
+        n_pairs = min(self.config.readNoisePairs, len(handles) // 2)
+        pairs: dict[str, list[read_noise.ReadNoiseEstimate]] = {amp: [] for amp in regions}
+        for k in range(n_pairs):
+            first = ButlerBlockSource(handles[2 * k], shape).read_block(0, shape[0])
+            second = ButlerBlockSource(handles[2 * k + 1], shape).read_block(0, shape[0])
+            bad = (first.mask | second.mask) != 0
+            for amp, estimate in read_noise.amp_pair_noise(first.image, second.image, regions, bad).items():
+                pairs[amp].append(estimate)
+            del first, second, bad
+        md["CPC_READNOISE_NPAIRS"] = n_pairs
+        for amp in regions:
+            image = read_noise.combine_estimates(pairs[amp]).scaled(to_electrons[amp])
+            md[f"CPC_READNOISE_IMAGE_{amp}"] = image.value
+            md[f"CPC_READNOISE_IMAGE_{amp}_ERR"] = image.error
+        summary = ", ".join(
+            f"{amp} {overscan[amp].value:.2f}/{md[f'CPC_READNOISE_IMAGE_{amp}']:.2f}" for amp in regions
+        )
+        self.log.info(
+            "Read noise of %s (overscan/imaging area, %d frames, %d pairs): %s",
+            detector_name,
+            len(headers),
+            n_pairs,
+            summary,
+        )
+        return md
 
     def _scales(
         self,

@@ -1,0 +1,176 @@
+"""The report of a procedure run: one self-contained HTML page (styles and
+images inline, no scripts, nothing fetched from the network) that a
+calibration scientist reads to decide whether the day's calibrations are
+good.
+
+Sections, in order:
+
+1. the verdict, the headline numbers and what needs a look (`verdict`);
+2. decisions and certification, with the validity ranges as stored
+   (`run_info`);
+3. read noise of every amplifier from every source, with disagreements
+   flagged (`read_noise`);
+4. bias, dark and flat: verification grids and the majority decision
+   (`verification`), per-amplifier tables (`amp_tables`), the images with
+   noise maps and histograms (`products`);
+5. the PTC (`ptc`), the defects (`defects`);
+6. comparisons with the previously certified calibrations and with the
+   simulated truth (`comparison`);
+7. the history across days (`history_section`) and the timings of the run
+   (`run_info`).
+
+A section that cannot be built says why in place; the report never fails a
+run.
+"""
+
+from __future__ import annotations
+
+__all__ = ("ReportContext", "build_report", "read_noise_checks", "read_noise_summary", "write_report")
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .amp_tables import amp_table_section
+from .comparison import previous_section, truth_section
+from .context import ReportContext
+from .defects import defects_section
+from .history_section import history_section
+from .page import esc, note, page
+from .products import products_section
+from .ptc import ptc_section
+from .read_noise import read_noise_checks, read_noise_section, read_noise_summary
+from .run_info import decisions_section, timings_section
+from .verdict import verdict_section
+from .verification import verification_section
+
+_LOG = logging.getLogger(__name__)
+
+_TITLES = {"bias": "Bias", "dark": "Dark", "flat": "Flat"}
+
+
+def _section(ctx: ReportContext, anchor: str, title: str, build: Callable[[], str]) -> str:
+    t0 = time.monotonic()
+    try:
+        body = build()
+    except Exception as err:  # a report must never fail the run
+        _LOG.warning(
+            "Report section %r not available: %s", title, err, exc_info=_LOG.isEnabledFor(logging.DEBUG)
+        )
+        ctx.add("warn", f"report section '{title}' could not be built: {err}", anchor)
+        body = note(f"This section could not be built: {err}")
+    _LOG.debug("Report section %s: %.2f s", title, time.monotonic() - t0)
+    return f"<section id='{esc(anchor)}'><h2>{esc(title)}</h2>{body}</section>"
+
+
+def build_report(ctx: ReportContext, *, repo: str = "") -> str:
+    """The report page of a run (see the module documentation)."""
+    summary = ctx.summary
+    sections: list[tuple[str, str]] = []
+    body: list[str] = []
+
+    def add(anchor: str, title: str, build: Callable[[], str]) -> None:
+        sections.append((anchor, title))
+        body.append(_section(ctx, anchor, title, build))
+
+    add("decisions", "Decisions and certification", lambda: decisions_section(ctx))
+    checks = read_noise_checks(ctx)
+    add("read-noise", "Read noise: measured, fitted and nominal", lambda: read_noise_section(ctx, checks))
+    for calib_type in ("bias", "dark", "flat"):
+        if ctx.outcome(calib_type) is None:
+            continue
+        title = _TITLES[calib_type]
+        add(
+            f"{calib_type}-verification",
+            f"{title}: verification",
+            lambda t=calib_type: verification_section(ctx, t, f"{t}-verification"),
+        )
+        add(
+            f"{calib_type}-amps",
+            f"{title}: per-amplifier values",
+            lambda t=calib_type: amp_table_section(ctx, t, f"{t}-amps"),
+        )
+        add(
+            f"{calib_type}-images",
+            f"{title}: images, noise maps and histograms",
+            lambda t=calib_type: products_section(ctx, t),
+        )
+    if ctx.outcome("ptc") is not None:
+        add("ptc", "Photon transfer curves", lambda: ptc_section(ctx, "ptc"))
+    if ctx.outcome("defects") is not None:
+        add("defects", "Defects: map and table", lambda: defects_section(ctx, "defects"))
+    add(
+        "previous",
+        "Comparison with the previous certified calibrations",
+        lambda: previous_section(ctx, "previous"),
+    )
+    if ctx.truth is not None:
+        add("truth", "Comparison with the simulated truth", lambda: truth_section(ctx, "truth"))
+    add("history", "History across days", lambda: history_section(ctx, "history"))
+    add("timings", "Timings of the steps", lambda: timings_section(ctx))
+
+    status = "SUCCESS" if summary.success else "FAILED"
+    head = [
+        f"<h1>{esc(ctx.instrument)} daily calibrations — run {esc(summary.run_id)}</h1>",
+        f"<p class='small'>{esc(status)}; repository {esc(repo)}; detectors "
+        f"{esc(', '.join(str(d) for d in ctx.detectors))}; calibration collection {esc(ctx.calib_collection)}"
+        + ("; simulated camera" if ctx.truth is not None else "")
+        + ".</p>",
+        verdict_section(ctx),
+        "<nav class='toc'>" + "".join(f"<a href='#{esc(a)}'>{esc(t)}</a>" for a, t in sections) + "</nav>",
+    ]
+    title = f"{ctx.instrument} calibrations {summary.run_id}"
+    return page(title, head + body)
+
+
+def write_report(
+    path: str | os.PathLike,
+    summary: Any,
+    *,
+    repo: str,
+    config: Any = None,
+    truth: Any = None,
+    butler: Any = None,
+    sessions: Any = None,
+) -> ReportContext:
+    """Write the HTML report of a run.
+
+    Parameters
+    ----------
+    path
+        Output HTML file.
+    summary
+        `lsst.cpcombined.script.RunSummary` of the run.
+    repo
+        Butler repository.
+    config
+        The validated `lsst.cpcombined.script.ScriptConfig` (detectors,
+        filter, calibration collection).
+    truth
+        `lsst.cpcombined.simulation.SimulationTruth` of a simulated run
+        (adds the comparisons with the truth).
+    butler
+        An existing butler of ``repo`` (default: a new read-only one).
+    sessions
+        The invocations of the run (the run state's ``sessions``), for the
+        timings of a resumed run.
+
+    Returns
+    -------
+    context
+        What the report read (its ``findings`` list what the verdict shows).
+    """
+    from lsst.daf.butler import Butler
+
+    t0 = time.monotonic()
+    butler = butler or Butler.from_config(repo, writeable=False)
+    ctx = ReportContext(butler, summary, config, truth, sessions)
+    text = build_report(ctx, repo=str(repo))
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    _LOG.info("Report %s written in %.1f s", path, time.monotonic() - t0)
+    return ctx

@@ -1,0 +1,112 @@
+"""The history of the certified calibrations across days, from
+`lsst.cpcombined.cli.history` (``collect_history``, ``history_figures``,
+and ``drift_report`` when it has one); a clear note when that module is
+absent or fails."""
+
+from __future__ import annotations
+
+__all__ = ("history_section",)
+
+import importlib
+import math
+from typing import Any
+
+from .context import ReportContext
+from .page import Cell, esc, figure_html, note, table_html
+
+#: Rows of the history table shown in full (the rest is summarised).
+MAX_ROWS = 300
+
+
+def history_section(ctx: ReportContext, anchor: str) -> str:
+    """Drifts, figures and the table of the history of
+    ``ctx.calib_collection``."""
+    try:
+        history = importlib.import_module("lsst.cpcombined.cli.history")
+    except ImportError as err:
+        return note(f"History not available: lsst.cpcombined.cli.history cannot be imported ({err}).")
+    collect = getattr(history, "collect_history", None)
+    if collect is None:
+        return note("History not available: lsst.cpcombined.cli.history has no collect_history.")
+    try:
+        table = collect(
+            ctx.butler, ctx.instrument, calib_collection=ctx.calib_collection, detectors=ctx.detectors
+        )
+    except Exception as err:  # the history must never stop the report
+        return note(f"History not available: {err}")
+    if table is None or len(table) == 0:
+        return note(f"No certified calibrations in {ctx.calib_collection} yet.")
+    parts = []
+    n_sets = len(set(table["dataset_id"])) if "dataset_id" in table.colnames else len(table)
+    parts.append(f"<p>{n_sets} certified dataset(s) in {esc(ctx.calib_collection)}.</p>")
+    drift_report = getattr(history, "drift_report", None)
+    if drift_report is not None:
+        try:
+            drifts = list(drift_report(table))
+        except Exception as err:
+            drifts = []
+            parts.append(note(f"drift report not available: {err}"))
+        if drifts:
+            parts.append(
+                "<ul class='findings'>" + "".join(f"<li class='warn'>{esc(d)}</li>" for d in drifts) + "</ul>"
+            )
+            for d in drifts[:5]:
+                ctx.add("warn", f"history: {d}", anchor)
+        else:
+            parts.append("<p>No change beyond the earlier scatter.</p>")
+    figures = getattr(history, "history_figures", None)
+    if figures is not None and _max_certifications(table) < 2:
+        parts.append(
+            note("A single certification per calibration so far: the plots start with the next one.")
+        )
+    elif figures is not None:
+        try:
+            for i, fig in enumerate(figures(table)):
+                parts.append(figure_html(fig, f"history figure {i + 1}", dpi=85))
+        except Exception as err:
+            parts.append(note(f"history figures not available: {err}"))
+    parts.append(_table(table))
+    return "".join(parts)
+
+
+def _max_certifications(table: Any) -> int:
+    """Largest number of certified datasets of one calibration type."""
+    if "dataset_id" not in table.colnames or "calib_type" not in table.colnames:
+        return len(table)
+    per_type: dict[str, set[str]] = {}
+    for calib_type, dataset_id in zip(table["calib_type"], table["dataset_id"], strict=True):
+        per_type.setdefault(str(calib_type), set()).add(str(dataset_id))
+    return max((len(v) for v in per_type.values()), default=0)
+
+
+def _table(table: Any) -> str:
+    columns = [
+        c
+        for c in (
+            "calib_type",
+            "detector",
+            "physical_filter",
+            "amplifier",
+            "quantity",
+            "value",
+            "error",
+            "unit",
+            "validity_begin",
+            "validity_end",
+        )
+        if c in table.colnames
+    ]
+    rows = []
+    for row in table[:MAX_ROWS]:
+        cells: list[str | Cell] = []
+        for c in columns:
+            value = row[c]
+            if isinstance(value, float) and not math.isfinite(value):
+                cells.append("–")
+            elif isinstance(value, float):
+                cells.append(f"{value:.5g}")
+            else:
+                cells.append(Cell(str(value), "l"))
+        rows.append(cells)
+    more = f" (first {MAX_ROWS} of {len(table)} rows)" if len(table) > MAX_ROWS else ""
+    return f"<details><summary>History table{esc(more)}</summary>" + table_html(columns, rows) + "</details>"
