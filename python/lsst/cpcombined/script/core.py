@@ -591,12 +591,27 @@ class MakeCalibrationsCore:
             pending = set(self._tasks.values())
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                await self._finish_verifications_after_rejection(done)
                 self._raise_first_failure()
         finally:
             for t in self._tasks.values():
                 if not t.done():
                     t.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _finish_verifications_after_rejection(self, done: set[asyncio.Task]) -> None:
+        """When a calibration was rejected, let the verifications still
+        running end before the procedure stops, so that the summary has
+        every decision and names the first calibration that failed (a dark
+        verified on a faulty bias may be rejected before that bias is).
+        Nothing is certified meanwhile: certifications wait for what they
+        depend on."""
+        failures = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+        if not failures or not all(isinstance(err, CalibrationRejected) for err in failures):
+            return
+        running = [t for name, t in self._tasks.items() if name.startswith("verify:") and not t.done()]
+        if running:
+            await asyncio.wait(running)
 
     def _start(self, name: str, coro: Awaitable[Any]) -> None:
         self._tasks[name] = asyncio.ensure_future(coro)
