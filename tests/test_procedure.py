@@ -67,7 +67,7 @@ def test_latiss_daily_end_to_end(tmp_path):
         entry = doc["calibrations"][calib]
         assert entry["certified"] is True, calib
         assert entry["calib_collection"] == "LATISS/calib/daily"
-        assert entry["validity"] == ["2020-01-01", "2030-01-01"]
+        assert entry["validity"] == ["2020-01-01T00:00:00.000000", "2030-01-01T00:00:00.000000"]
         assert entry["generated_collection"].startswith("LATISS/calib/")
     for calib in ("bias", "dark", "flat"):
         assert doc["calibrations"][calib]["decision"] == "pass"

@@ -333,7 +333,13 @@ def test_registry_calls_run_on_one_thread_one_at_a_time(repo, tmp_path, monkeypa
         return wrapper
 
     monkeypatch.setattr(core_module, "collection_exists", recorded("exists", core_module.collection_exists, 0.02))
-    monkeypatch.setattr(certify_module, "certify_calibration", recorded("certify", lambda *a, **k: None, 0.3))
+    def fake_certify(*args, dataset_type, run, calib_collection, begin, end, **kwargs):
+        return certify_module.CertifyResult(
+            dataset_type=dataset_type, run=run, calib_collection=calib_collection, begin=str(begin), end=str(end),
+            certified=(), already_certified=(),
+        )
+
+    monkeypatch.setattr(certify_module, "certify_calibration", recorded("certify", fake_certify, 0.3))
     core = _core(tmp_path, pipelines=FakePipelines(delay=0.05))
     asyncio.run(core.configure({"script_mode": "BIAS_DARK", "n_bias": 2, "n_dark": 2, "generate_calibrations": True,
                                 "do_verify": False, "repo": str(tmp_path / "repo")}))

@@ -352,7 +352,9 @@ def _write_run_outputs(
     try:
         from ..cli.report import write_report
 
-        write_report(kept_report, summary, repo=str(repo), config=cfg, truth=truth)
+        write_report(
+            kept_report, summary, repo=str(repo), config=cfg, truth=truth, sessions=state.get("sessions", [])
+        )
     except Exception as err:  # the report must never fail the run
         _LOG.warning("Report not written: %s", err, exc_info=_LOG.isEnabledFor(logging.DEBUG))
         _progress(f"Report not written: {err}")

@@ -36,6 +36,7 @@ def _validity(ctx: ReportContext, calib_type: str, outcome: Any) -> tuple[str, s
         if stored:
             break
     configured = tuple(outcome.validity) if outcome.validity else None
+    requested = getattr(ctx.config, "certify_calib_begin_date", None)
     if stored is None and configured:
         try:
             stored = validity_range(*configured).stored
@@ -45,11 +46,9 @@ def _validity(ctx: ReportContext, calib_type: str, outcome: Any) -> tuple[str, s
         return "", ""
     text = f"[{stored[0]}, {stored[1]})"
     remark = ""
-    if configured and stored[0] == "-inf" and configured[0] != "-inf":
-        remark = (
-            f"validity configured from {configured[0]}: the butler stores a begin before 1970 as unbounded "
-            "(-inf)"
-        )
+    begin = str(requested) if requested else (configured[0] if configured else "-inf")
+    if stored[0] == "-inf" and begin not in ("-inf", "None", ""):
+        remark = f"validity configured from {begin}: the butler stores a begin before 1970 as unbounded (-inf)"
     return text, remark
 
 
