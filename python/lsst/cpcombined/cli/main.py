@@ -55,18 +55,20 @@ def _init_args(p: argparse.ArgumentParser):
     p.add_argument("--seed-config", metavar="FILE", help="Extra butler seed configuration (YAML).")
 
     def run(args: argparse.Namespace) -> int:
-        from ..obs.instrument import instruments
-        from ..repo.create import RepositoryExistsError, create_repo
+        from ..repo.create import RepositoryExistsError, create_repo, prepare_existing_repo
 
         try:
             create_repo(args.repo, registry_db=args.registry, seed_config=args.seed_config)
         except RepositoryExistsError:
-            # An existing repository: make sure the instruments are there
-            # (identical records are left alone; differing ones are refused).
+            # An existing repository: the instruments it has are checked
+            # (identical records are left alone, differing ones refused); one
+            # populated by the Science Pipelines gets nothing more.
             butler = _butler(args.repo)
-            for instrument in instruments():
-                instrument.register(butler.registry)
-            print(f"{args.repo} is already a butler repository: LATISS and LSSTComCam are registered; nothing else changed")
+            before = {record.name for record in butler.registry.queryDimensionRecords("instrument")}
+            names = prepare_existing_repo(butler)
+            added = [name for name in names if name not in before]
+            done = f"registered {' and '.join(added)}" if added else "nothing was changed"
+            print(f"{args.repo} is already a butler repository with {' and '.join(names)}: {done}")
             return 0
         print(f"Created repository {args.repo} (instruments LATISS, LSSTComCam registered)")
         return 0

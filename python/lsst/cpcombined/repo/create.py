@@ -8,6 +8,7 @@ __all__ = (
     "ensure_postgres_extensions",
     "package_seed_config",
     "postgres_driver_url",
+    "prepare_existing_repo",
     "RepositoryExistsError",
 )
 
@@ -130,3 +131,38 @@ def create_repo(
             butler.collections.register(f"{instrument.getName()}/calib", CollectionType.CHAINED)
     _LOG.debug("Created butler repository %s", root)
     return butler
+
+
+def prepare_existing_repo(butler: Butler) -> list[str]:
+    """Make an existing repository usable by cp_combined without changing
+    what it already holds.
+
+    The package's instruments the repository already has are checked
+    against obs_lsst's records (identical records: nothing is written,
+    whoever wrote them; differing ones: refused).  Instruments it does not
+    have are not added: a repository populated by the Science Pipelines
+    (the summit's ``/repo/LATISS`` holds LATISS only) is left as it is.
+    Only a repository holding none of them (made by ``butler create``) gets
+    both, as `create_repo` registers them.
+
+    Parameters
+    ----------
+    butler
+        Writeable butler of the repository.
+
+    Returns
+    -------
+    names : `list` [`str`]
+        The package's instruments registered in the repository afterwards.
+
+    Raises
+    ------
+    lsst.cpcombined.obs.instrument.InstrumentConflictError
+        An instrument's records differ from obs_lsst's (nothing was changed).
+    """
+    present = {record.name for record in butler.registry.queryDimensionRecords("instrument")}
+    ours = list(instruments())
+    have = [instrument for instrument in ours if instrument.getName() in present]
+    for instrument in have or ours:
+        instrument.register(butler.registry)
+    return [instrument.getName() for instrument in (have or ours)]

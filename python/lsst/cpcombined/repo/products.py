@@ -422,13 +422,21 @@ class _CalibrationCache:
         self._lock = threading.Lock()
 
     def get(self, butlerQC: Any, ref: Any, name: str) -> Any:
-        """The calibration of ``ref`` (a connection ``name``), read once."""
+        """The calibration of ``ref`` (a connection ``name``), read once.
+
+        ``butlerQC.get`` is called every time, also when the calibration is
+        cached: it is what records the dataset as an input the quantum used
+        (the provenance written into every output and kept by the butler);
+        for a deferred connection it only returns a handle, the file is read
+        on a cache miss alone.
+        """
+        handle = butlerQC.get(ref)
         key = _ref_id(ref)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        value = read_calibration(butlerQC.get(ref), name)
+        value = read_calibration(handle, name)
         with self._lock:
             self._items[key] = value
             while len(self._items) > self._max:
