@@ -13,7 +13,13 @@ import astropy.units as u
 import numpy as np
 import pytest
 from lsst.cpcombined.algorithms.masks import BIT, from_mask
-from lsst.cpcombined.repo.formatters import PROC_FORMAT, read_proc_image, write_proc_image
+from lsst.cpcombined.algorithms.quantize import row_sigma
+from lsst.cpcombined.repo.formatters import (
+    PROC_FORMAT,
+    PROC_QUANTIZE_LEVEL,
+    read_proc_image,
+    write_proc_image,
+)
 from lsst.cpcombined.repo.products import ButlerBlockSource, from_masked_image, read_header, to_masked_image
 from lsst.daf.butler import DatasetType
 from lsst.images import Box, Mask, MaskPlane, MaskSchema
@@ -102,15 +108,21 @@ def test_butler_uses_it_for_isr_outputs(repo):
     with fits.open(butler.getURI(ref).ospath) as hdul:
         assert hdul[0].header["CPFORMAT"] == PROC_FORMAT
         assert any(k.startswith("LSST BUTLER") for k in hdul[0].header)  # provenance cards
+        assert hdul[0].header["CPQLEVEL"] == PROC_QUANTIZE_LEVEL
     handle = butler.getDeferred(ref)
     md, shape = read_header(handle)
     assert shape == (40, 30) and md["EXPOSURE"] == 2026112500001
+    # Through the butler, image and variance are quantised: each pixel within
+    # half a step (the row's noise / PROC_QUANTIZE_LEVEL) of its value; the
+    # mask is exact.
+    half_step = (row_sigma(image, variance) / PROC_QUANTIZE_LEVEL / 2 * 1.0001)[:, np.newaxis]
     block = ButlerBlockSource(handle, shape, with_variance=True).read_block(8, 16)
-    np.testing.assert_array_equal(block.image, image[8:16])
+    assert (np.abs(block.image - image[8:16]) <= half_step[8:16]).all()
     np.testing.assert_array_equal(block.mask, mask[8:16])
-    np.testing.assert_array_equal(block.variance, variance[8:16])
+    assert (np.abs(block.variance - variance[8:16]) <= half_step[8:16]).all()
     full = butler.get(ref)
-    np.testing.assert_array_equal(full.image.array, image)
+    assert (np.abs(full.image.array - image) <= half_step).all()
+    np.testing.assert_array_equal(full.image.array[8:16], block.image)
     parts = butler.get(ref.makeComponentRef("components"), parameters={"components": ["bbox", "unit"]})
     assert parts == {"bbox": Box.factory[0:40, 0:30], "unit": u.electron}
 

@@ -32,6 +32,7 @@ __all__ = (
     "write_raw_file",
 )
 
+import contextlib
 import gzip
 import io
 import os
@@ -46,6 +47,7 @@ from lsst.daf.butler import FormatterV2
 from lsst.images import Image
 from lsst.resources import ResourcePath
 
+from ..repo.tiled_fits import FitsIndex, compressed_image_hdu, extension_hdu, primary_hdu, write_hdus
 from .camera import AMP_NAMES, AmpGeometry, AmpLayout
 
 _SECTION_RE = re.compile(r"^\[(\d+):(\d+),(\d+):(\d+)\]$")
@@ -144,11 +146,12 @@ class RawImage:
         return RawImage(self.image.copy(), self.layout, self.metadata, self.amp_metadata)
 
 
-def _amp_hdus(hdul: fits.HDUList, filename: str) -> dict[str, fits.ImageHDU | fits.CompImageHDU]:
-    """Find the amplifier image HDUs of a raw file, keyed by amp name."""
+def _amp_hdus(extensions: Any, filename: str) -> dict[str, Any]:
+    """Find the amplifier image HDUs among a raw file's extensions (astropy
+    HDUs, or `_IndexedHdu`), keyed by amp name."""
     hdus: dict[str, Any] = {}
-    for hdu in hdul[1:]:
-        if not isinstance(hdu, (fits.ImageHDU, fits.CompImageHDU)):
+    for hdu in extensions:
+        if not isinstance(hdu, (fits.ImageHDU, fits.CompImageHDU, _IndexedHdu)):
             continue
         extname = str(hdu.header.get("EXTNAME", "")).strip()
         if not extname.startswith("Segment"):
@@ -261,12 +264,23 @@ def read_raw_layout(path: str | os.PathLike) -> AmpLayout:
     """
     filename = os.fspath(path)
     try:
-        with fits.open(filename, memmap=False, lazy_load_hdus=True) as hdul:
-            hdus = _amp_hdus(hdul, filename)
-            layouts = {amp: _layout_from_header(hdus[amp].header, filename, amp) for amp in AMP_NAMES}
+        # Headers only, through the package's index: astropy rebuilds every
+        # compressed HDU's image header (~15 ms each).
+        fd = os.open(filename, os.O_RDONLY)
+        try:
+            index = FitsIndex(fd, os.fstat(fd).st_size, filename)
+            extensions = [
+                _IndexedHdu(index, info.index)
+                for info in index.hdus[1:]
+                if info.is_compressed_image or info.header.get("XTENSION", "").strip() == "IMAGE"
+            ]
+        finally:
+            os.close(fd)
+        hdus = _amp_hdus(extensions, filename)
+        layouts = {amp: _layout_from_header(hdus[amp].header, filename, amp) for amp in AMP_NAMES}
     except RawFormatError:
         raise
-    except (OSError, ValueError, TypeError, IndexError, EOFError) as err:
+    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError) as err:
         raise RawFormatError(f"{filename}: not a readable FITS file ({err})") from err
     first = layouts[AMP_NAMES[0]]
     for amp, layout in layouts.items():
@@ -275,20 +289,50 @@ def read_raw_layout(path: str | os.PathLike) -> AmpLayout:
     return first
 
 
-def _open_for_pixels(filename: str) -> fits.HDUList:
-    """Open a FITS file to read all its pixels.
+def _file_bytes(filename: str) -> bytes:
+    """The bytes of a FITS file, read at once (a gzip-compressed file
+    decompressed: astropy reads its HDUs through a gzip stream that restarts
+    for every HDU, several times slower than one decompression)."""
+    with open(filename, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return data
 
-    A gzip-compressed file is decompressed into memory first: astropy reads
-    its HDUs through a gzip stream that restarts for every HDU, several
-    times slower than one decompression.
-    """
-    with open(filename, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
-    if not gzipped:
-        return fits.open(filename, memmap=False)
-    with open(filename, "rb") as f:
-        data = gzip.decompress(f.read())
-    return fits.open(io.BytesIO(data), memmap=False)
+
+class _IndexedHdu:
+    """An image HDU of a `~lsst.cpcombined.repo.tiled_fits.FitsIndex`, with
+    the ``header`` and ``data`` of an astropy image HDU."""
+
+    def __init__(self, index: FitsIndex, position: int) -> None:
+        self._index = index
+        self._position = position
+        self.header = index.image_header(position)
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._index.read_rows(self._position)
+
+
+def _indexed_hdus(data: bytes, filename: str) -> tuple[fits.Header, list[_IndexedHdu]] | None:
+    """Primary header and image extensions of a file whose amplifier HDUs
+    the package decodes itself (plain or ``RICE_1`` tile-compressed
+    integers, `~lsst.cpcombined.repo.tiled_fits.FitsIndex`: astropy decodes
+    one-row tiles one by one in Python and rebuilds each compressed HDU's
+    header, ~0.25 s per full-size raw); `None` for any other file, which
+    astropy then reads."""
+    try:
+        index = FitsIndex(data, len(data), filename)
+    except (ValueError, KeyError, TypeError):
+        return None
+    extensions = []
+    for info in index.hdus[1:]:
+        if not (info.is_compressed_image or info.header.get("XTENSION", "").strip() == "IMAGE"):
+            continue
+        if info.name.startswith("SEGMENT") and not info.fast_path():
+            return None
+        extensions.append(_IndexedHdu(index, info.index))
+    return index.hdus[0].header, extensions
 
 
 def read_raw_file(path: str | os.PathLike) -> RawImage:
@@ -301,14 +345,20 @@ def read_raw_file(path: str | os.PathLike) -> RawImage:
         its amplifiers are inconsistent with each other.
     """
     filename = os.fspath(path)
-    try:
-        hdul = _open_for_pixels(filename)
-    except (OSError, ValueError, TypeError, EOFError) as err:
-        raise RawFormatError(f"{filename}: not a readable FITS file ({err})") from err
-    with hdul:
+    with contextlib.ExitStack() as stack:
         try:
-            hdus = _amp_hdus(hdul, filename)
-            metadata = _header_to_dict(hdul[0].header)
+            data = _file_bytes(filename)
+            indexed = _indexed_hdus(data, filename)
+            if indexed is None:
+                hdul = stack.enter_context(fits.open(io.BytesIO(data), memmap=False))
+                primary, extensions = hdul[0].header, list(hdul[1:])
+            else:
+                primary, extensions = indexed
+        except (OSError, ValueError, TypeError, EOFError) as err:
+            raise RawFormatError(f"{filename}: not a readable FITS file ({err})") from err
+        try:
+            hdus = _amp_hdus(extensions, filename)
+            metadata = _header_to_dict(primary)
             layout: AmpLayout | None = None
             amp_metadata: dict[str, dict[str, Any]] = {}
             for amp in AMP_NAMES:
@@ -323,11 +373,11 @@ def read_raw_file(path: str | os.PathLike) -> RawImage:
                 (layout.n_y * layout.raw_height, layout.n_x * layout.raw_width), dtype=np.float32
             )
             for amp in AMP_NAMES:
-                data = hdus[amp].data
-                if data is None or data.shape != (layout.raw_height, layout.raw_width):
+                pixels = hdus[amp].data
+                if pixels is None or pixels.shape != (layout.raw_height, layout.raw_width):
                     raise RawFormatError(f"{filename}: amplifier {amp} has no data of the declared size")
                 geom = layout.geometry(amp)
-                untrimmed[geom.untrimmed_tile] = geom.to_detector_orientation(data)
+                untrimmed[geom.untrimmed_tile] = geom.to_detector_orientation(pixels)
         except RawFormatError:
             raise
         except (OSError, ValueError, TypeError, EOFError) as err:
@@ -359,8 +409,10 @@ def write_raw_file(
     layout
         Amplifier layout of the arrays.
     compress
-        Tile-compress the amplifier HDUs with RICE_1 (lossless), as the
-        camera has done since 2024.
+        Tile-compress the amplifier HDUs losslessly, as the camera has done
+        since 2024: integer arrays with ``RICE_1`` (tiles of one row,
+        `lsst.cpcombined.repo.tiled_fits.compressed_image_hdu`), float
+        arrays (fault frames carrying NaN) with ``GZIP_2``.
     comments
         Optional comments for primary keywords.
     """
@@ -369,7 +421,7 @@ def write_raw_file(
     for key, value in primary.items():
         card_key = key if len(key) <= 8 and " " not in key else f"HIERARCH {key}"
         phdr[card_key] = (value, comments.get(key, ""))
-    hdus: list[Any] = [fits.PrimaryHDU(header=phdr)]
+    hdus: list[bytes] = [primary_hdu(phdr)]
     for amp in AMP_NAMES:
         arr = amp_arrays[amp]
         if arr.shape != (layout.raw_height, layout.raw_width):
@@ -378,16 +430,18 @@ def write_raw_file(
         for key, value in layout.geometry(amp).header_sections().items():
             hdr[key] = value
         hdr["BUNIT"] = "adu"
+        extname = layout.geometry(amp).extname
         if compress and arr.dtype.kind in "iu":
-            hdu = fits.CompImageHDU(np.asarray(arr, dtype=np.int32), header=hdr, compression_type="RICE_1")
-        elif compress:
+            hdus.append(compressed_image_hdu(np.asarray(arr, dtype=np.int32), hdr, name=extname))
+            continue
+        if compress:
             hdu = fits.CompImageHDU(arr, header=hdr, compression_type="GZIP_2")
         else:
             hdu = fits.ImageHDU(arr, header=hdr)
-        hdu.header["EXTNAME"] = layout.geometry(amp).extname
-        hdus.append(hdu)
+        hdu.header["EXTNAME"] = extname
+        hdus.append(extension_hdu(hdu))
     tmp = os.fspath(path) + ".part"
-    fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    write_hdus(tmp, hdus)
     os.replace(tmp, path)
 
 

@@ -22,8 +22,10 @@ edge); ``detector_response`` (per-detector relative QE, or its rms);
 ``prnu`` (rms pixel response non-uniformity); ``a00`` (1/e-, brighter-fatter,
 0 disables); ``full_well`` (e-); ``cosmic_ray_rate`` (per cm² per s);
 ``faults`` (list of fault mappings, see `FaultSpec`); ``compress``
-(write RICE tile-compressed amplifier HDUs as the camera does; off by
-default because compression costs ~3 s per full-size frame).
+(write lossless RICE tile-compressed amplifier HDUs as the camera does:
+on by default; a full-size LATISS frame takes ~25 MB instead of 76 MB and
+is written and read as fast, see `lsst.cpcombined.obs.raw.write_raw_file`;
+``false`` writes plain amplifier HDUs).
 
 Coordinates of hot/cold pixels and bad columns are in the *assembled*
 detector frame of the simulated (possibly scaled) geometry.
@@ -295,7 +297,7 @@ class SimulationTruth:
             raise TruthError(f"{w}.a00 must be in [-1e-4, 0], got {self.a00}")
         self.full_well = _number(mapping, "full_well", 150000.0, w, minimum=1.0)
         self.cosmic_ray_rate = _number(mapping, "cosmic_ray_rate", 0.02, w, minimum=0.0)
-        self.compress = bool(mapping.get("compress", False))
+        self.compress = bool(mapping.get("compress", True))
         self.hot_pixels = self._pixel_list("hot_pixels", 4)
         self.cold_pixels = self._pixel_list("cold_pixels", 4)
         self.bad_columns = self._bad_columns()
