@@ -353,6 +353,50 @@ def _history_args(p: argparse.ArgumentParser):
     return run
 
 
+# -- prune -------------------------------------------------------------------------------
+
+
+@command(
+    "prune",
+    "Remove the per-exposure intermediates (cpc*Proc, cpcFlatStatistics) of generation runs whose "
+    "products are certified, as `cpcombined run` does after a run; says what it removed (bytes).",
+)
+def _prune_args(p: argparse.ArgumentParser):
+    p.add_argument("repo")
+    p.add_argument(
+        "--run", nargs="+", default=[], metavar="RUN", help="RUN collections to empty of intermediates."
+    )
+    p.add_argument(
+        "--collection",
+        nargs="+",
+        default=[],
+        metavar="COLLECTION",
+        help="RUN collections, or CHAINED ones (a pipetask --output): their own RUN collections "
+        "(COLLECTION/...), never their inputs.",
+    )
+    p.add_argument("--dry-run", action="store_true", help="Say what would be removed; remove nothing.")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="Also remove the intermediates of runs whose products are not certified (e.g. rejected ones).",
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        from ..repo.prune import FileJournal, prune_intermediates, resolve_runs
+
+        if not args.run and not args.collection:
+            raise ValueError("name what to prune with --run RUN... and/or --collection COLLECTION...")
+        butler = _butler(args.repo, writeable=not args.dry_run)
+        runs = resolve_runs(butler, runs=args.run, collections=args.collection)
+        journal = FileJournal(os.path.join(args.repo, "cpcombined", "prune.json"))
+        report = prune_intermediates(butler, runs, dry_run=args.dry_run, force=args.force, journal=journal)
+        for line in report.lines():
+            print(line)
+        return 1 if report.refused else 0
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cpcombined`` argument parser."""
     parser = argparse.ArgumentParser(prog="cpcombined", description=__doc__.split("\n\n")[0])

@@ -17,6 +17,12 @@ A run configuration is the script configuration (SPEC §7 keys) plus:
     where the workflows' submit directories go (default
     ``REPO/cpcombined/bps``); ``bps_extra_config``, a mapping of more BPS
     settings for every submission (e.g. ``{requestMemory: 8192}``).
+    ``keep_intermediates``: keep the generation runs' per-exposure
+    intermediates (``cpc*Proc``, ``cpcFlatStatistics``); by default
+    (``false``) they are removed once the run succeeded, i.e. once every
+    product made from them is certified (`lsst.cpcombined.repo.prune`; a
+    step of the run, recorded in its state: a run killed while removing
+    them finishes the removal when resumed).
 """
 
 from __future__ import annotations
@@ -57,7 +63,9 @@ from .state import RunBook, RunState, config_key
 
 _LOG = logging.getLogger("lsst.cpcombined.script")
 
-_EXECUTION_KEYS = {"pipeline_mode", "max_jobs", "bps_config", "bps_submit_root", "bps_extra_config"}
+_EXECUTION_KEYS = {
+    "pipeline_mode", "max_jobs", "bps_config", "bps_submit_root", "bps_extra_config", "keep_intermediates"
+}
 _PIPELINE_MODES = ("inprocess", "workers", "subprocess", "bps")
 
 
@@ -107,6 +115,11 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
     max_jobs = execution.get("max_jobs")
     if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
         raise ConfigError(f"{path}: execution.max_jobs must be a positive integer, got {max_jobs!r}")
+    if not isinstance(execution.get("keep_intermediates", False), bool):
+        raise ConfigError(
+            f"{path}: execution.keep_intermediates must be true or false, "
+            f"got {execution['keep_intermediates']!r}"
+        )
     if "bps_extra_config" in execution and not isinstance(execution["bps_extra_config"], Mapping):
         raise ConfigError(f"{path}: execution.bps_extra_config must be a mapping")
     return RunConfig(instrument, doc, dict(simulation), dict(execution))
@@ -367,6 +380,91 @@ def _write_run_outputs(
         _progress(f"Report written to {kept_report}")
 
 
+class _StateJournal:
+    """A `~lsst.cpcombined.repo.prune.PruneJournal` kept in the run's state
+    (key ``cleanup_journal``)."""
+
+    def __init__(self, state: RunState) -> None:
+        self._state = state
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        return dict(self._state.get("cleanup_journal", {}) or {})
+
+    def record(self, run: str, entry: Mapping[str, Any]) -> None:
+        entries = self.entries()
+        entries[run] = dict(entry)
+        self._state.set("cleanup_journal", entries)
+
+
+def _remove_intermediates(run_cfg: RunConfig, summary: RunSummary, state: RunState, repo: Path) -> int:
+    """The run's last step: remove the intermediates of its generation runs
+    (`lsst.cpcombined.repo.prune`), every product made from them being
+    certified, unless ``execution.keep_intermediates``.
+
+    Progress is in the run's state (``cleanup``: ``started``, ``done`` or
+    ``failed``; ``cleanup_journal``: the files of each RUN collection being
+    emptied), so a run killed here and resumed finishes the removal and
+    leaves no file behind.  Returns the run's exit code: 0, 1 if the
+    removal failed (the calibrations stay certified), 130 if interrupted.
+    """
+    import time
+
+    from ..repo.prune import prune_intermediates, resolve_runs
+
+    if run_cfg.execution.get("keep_intermediates", False):
+        return 0
+    if (state.get("cleanup") or {}).get("status") == "done":
+        return 0
+    collections = [
+        c
+        for outcome in summary.calibrations.values()
+        for c in (outcome.generated_collection, outcome.extra.get("gain_from_flat_pairs_collection"))
+        if c
+    ]
+    t0 = time.monotonic()
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    name = "remove intermediates"
+
+    def record(status: str, detail: str) -> None:
+        # As MakeCalibrationsCore records its steps: in the summary and in
+        # the state, with this invocation's session.
+        step = StepRecord(name, time.monotonic() - t0, status, detail, started)
+        step.session = max(0, len(state.get("sessions", []) or []) - 1)
+        state.set("steps", list(state.get("steps", []) or []) + [dataclasses.asdict(step)])
+        summary.steps.append(step)
+
+    _progress(f"{name} ...")
+    state.set("cleanup", {"status": "started", "collections": collections})
+    try:
+        butler = Butler.from_config(str(repo), writeable=True)
+        existing = [c for c in dict.fromkeys(collections) if collection_exists(butler, c)]
+        runs = resolve_runs(butler, collections=existing)
+        report = prune_intermediates(butler, runs, journal=_StateJournal(state))
+    except KeyboardInterrupt:
+        record("failed", "interrupted")
+        summary.error = "interrupted while removing intermediates; resume by running the same command again"
+        return 130
+    except Exception as err:
+        detail = (
+            f"removing the intermediates failed ({err}); the calibrations stay certified: resume with "
+            f"--resume {state.run_id}, or run cpcombined prune {repo} --collection "
+            + " --collection ".join(collections)
+        )
+        record("failed", detail)
+        summary.error = detail
+        state.set("cleanup", {"status": "failed", "collections": collections, "error": str(err)})
+        _progress(f"FAILED: {detail}")
+        return 1
+    dt = time.monotonic() - t0
+    detail = report.lines()[-1].removeprefix("total: ")
+    record("ok", detail)
+    state.set("cleanup", {"status": "done", "files": report.files, "bytes": report.nbytes})
+    for line in report.lines()[:-1]:
+        _progress(f"  {line}")
+    _progress(f"{name}: {detail} in {dt:.1f} s")
+    return 0
+
+
 def _run_locked(
     run_cfg: RunConfig,
     cfg: ScriptConfig,
@@ -422,6 +520,8 @@ def _run_locked(
             pipelines.close()
     if not summary.success and exit_code == 0:
         exit_code = 1
+    if exit_code == 0:
+        exit_code = _remove_intermediates(run_cfg, summary, state, repo)
     if exit_code == 130:
         state.set_status("stopped", "interrupted")
     else:
