@@ -68,8 +68,10 @@ DARK_TIME = 30.0
 FLAT_TIME = 5.0
 _TOOK = re.compile(r"Execution of task '(?P<label>[^']+)' on quantum .* took (?P<s>[0-9.]+) seconds")
 _TS = re.compile(r"^[A-Z]+ (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)")
-_BPS_TOOK = re.compile(r"(Completed creating quantum graph|Completed submitting to a workflow management system): "
-                       r"Took ([0-9.]+) seconds")
+_BPS_TOOK = re.compile(
+    r"(Completed creating quantum graph|Completed submitting to a workflow management system): "
+    r"Took ([0-9.]+) seconds"
+)
 
 
 class _TaskTimes(logging.Handler):
@@ -102,10 +104,19 @@ def _run_stage_here(spec: str) -> None:
     t0 = time.perf_counter()
     res = run_pipetask(pargs)
     wall = time.perf_counter() - t0
-    print("STAGE-RESULT " + json.dumps({
-        "ok": res.ok, "error": res.error_summary() if not res.ok else "", "wall": wall,
-        "quanta": len(handler.times), "quanta_s": sum(t for _, t in handler.times), "peak_gb": _peak_rss_gb(),
-    }))
+    print(
+        "STAGE-RESULT "
+        + json.dumps(
+            {
+                "ok": res.ok,
+                "error": res.error_summary() if not res.ok else "",
+                "wall": wall,
+                "quanta": len(handler.times),
+                "quanta_s": sum(t for _, t in handler.times),
+                "peak_gb": _peak_rss_gb(),
+            }
+        )
+    )
 
 
 class _JobMemory:
@@ -126,8 +137,14 @@ class _JobMemory:
                 try:
                     if b"run-qbb" not in (proc / "cmdline").read_bytes():
                         continue
-                    rss = next(int(line.split()[1]) for line in (proc / "status").read_text().splitlines()
-                               if line.startswith("VmRSS:")) / 1e6
+                    rss = (
+                        next(
+                            int(line.split()[1])
+                            for line in (proc / "status").read_text().splitlines()
+                            if line.startswith("VmRSS:")
+                        )
+                        / 1e6
+                    )
                 except (OSError, StopIteration):
                     continue
                 total += rss
@@ -174,8 +191,9 @@ def _drop_proc(butler, run_pattern: str, dataset_type: str) -> None:
     runs = list(butler.collections.query(run_pattern, collection_types={CollectionType.RUN}))
     if not runs:
         return
-    refs = list(butler.query_datasets(dataset_type, collections=runs, find_first=False, explain=False,
-                                      limit=None))
+    refs = list(
+        butler.query_datasets(dataset_type, collections=runs, find_first=False, explain=False, limit=None)
+    )
     if refs:
         butler.pruneDatasets(refs, disassociate=True, unstore=True, purge=True)
 
@@ -194,21 +212,32 @@ def _job_times(workflow: Path) -> dict:
             continue
         text = stderr.read_text(errors="replace")
         quanta = [float(m["s"]) for m in _TOOK.finditer(text)]
-        first = next((m for line in text.splitlines() if "Preparing execution" in line
-                      for m in [_TS.match(line)] if m), None)
+        first = next(
+            (
+                m
+                for line in text.splitlines()
+                if "Preparing execution" in line
+                for m in [_TS.match(line)]
+                if m
+            ),
+            None,
+        )
         startup = None
         if first is not None and start is not None:
             import datetime
 
             t_first = datetime.datetime.fromisoformat(first.group(1)).replace(tzinfo=datetime.UTC).timestamp()
             startup = t_first - start
-        out["jobs"].append({"name": name, "wall": end - start if start else None, "quanta": quanta,
-                            "startup": startup})
+        out["jobs"].append(
+            {"name": name, "wall": end - start if start else None, "quanta": quanta, "startup": startup}
+        )
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n-bias", type=int, default=DAILY["bias"])
     parser.add_argument("--n-dark", type=int, default=DAILY["dark"])
     parser.add_argument("--n-flat", type=int, default=DAILY["flat"])
@@ -236,13 +265,17 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-comcam-bps-", dir=args.workdir))
     n = {"bias": args.n_bias, "dark": args.n_dark, "flat": args.n_flat}
     n_det = len(args.detectors)
-    print(f"work dir {workdir}: {_disk_free_gb(workdir):.0f} GB free; {n_det} detectors, scale {args.scale}, "
-          f"counts {n}")
+    print(
+        f"work dir {workdir}: {_disk_free_gb(workdir):.0f} GB free; {n_det} detectors, scale {args.scale}, "
+        f"counts {n}"
+    )
     root = workdir / "repo"
     results: dict[str, dict] = {}
     try:
         butler = create_repo(root, registry_db=args.registry)
-        truth = SimulationTruth("LSSTComCam", {"seed": 2026, "geometry_scale": args.scale, "flat_flux": 4000.0})
+        truth = SimulationTruth(
+            "LSSTComCam", {"seed": 2026, "geometry_scale": args.scale, "flat_flux": 4000.0}
+        )
         camera = SimulatedCamera(butler, truth, detectors=args.detectors)
         t0 = time.perf_counter()
         exposures = {
@@ -252,7 +285,10 @@ def main() -> None:
         }
         t_sim = time.perf_counter() - t0
         raw_gb = _dir_gb(root)
-        print(f"simulated + ingested {sum(n.values()) * n_det} raws in {t_sim:.0f} s ({raw_gb:.1f} GB)", flush=True)
+        print(
+            f"simulated + ingested {sum(n.values()) * n_det} raws in {t_sim:.0f} s ({raw_gb:.1f} GB)",
+            flush=True,
+        )
 
         stages = [
             ("bias", "cpBias", []),
@@ -270,25 +306,32 @@ def main() -> None:
             for kind, pipeline, needs in stages:
                 out = f"bench/inprocess/{kind}"
                 pargs = pipetask_run_args(
-                    root, ROOT / "pipelines" / "LSSTComCam" / f"{pipeline}.yaml",
+                    root,
+                    ROOT / "pipelines" / "LSSTComCam" / f"{pipeline}.yaml",
                     inputs=["LSSTComCam/raw/all", *[f"bench/inprocess/{d}" for d in needs]],
-                    output=out, data_query=query(kind), log_level="WARNING",
+                    output=out,
+                    data_query=query(kind),
+                    log_level="WARNING",
                 )
                 # Keep the per-quantum "took N seconds" lines.
                 pargs = ["--log-level", "lsst.pipe.base.single_quantum_executor=INFO", *map(str, pargs)]
-                proc = subprocess.run([sys.executable, __file__, "--_stage", json.dumps(pargs)],
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--_stage", json.dumps(pargs)], capture_output=True, text=True
+                )
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("STAGE-RESULT ")), None)
                 if line is None:
-                    raise RuntimeError(f"in-process {pipeline} died (exit {proc.returncode}): "
-                                       f"{proc.stderr[-2000:]}")
+                    raise RuntimeError(
+                        f"in-process {pipeline} died (exit {proc.returncode}): {proc.stderr[-2000:]}"
+                    )
                 st = json.loads(line.split(" ", 1)[1])
                 if not st["ok"]:
                     raise RuntimeError(f"in-process {pipeline}: {st['error']}")
                 res_mode["stages"][kind] = st
-                print(f"in-process {pipeline}: {st['wall']:7.1f} s, {st['quanta']} quanta "
-                      f"(sum of quantum times {st['quanta_s']:.1f} s), peak memory {st['peak_gb']:.1f} GB",
-                      flush=True)
+                print(
+                    f"in-process {pipeline}: {st['wall']:7.1f} s, {st['quanta']} quanta "
+                    f"(sum of quantum times {st['quanta_s']:.1f} s), peak memory {st['peak_gb']:.1f} GB",
+                    flush=True,
+                )
                 _drop_proc(Butler.from_config(str(root), writeable=True), f"{out}/*", f"{pipeline}Proc")
             results["inprocess"] = res_mode
 
@@ -300,12 +343,16 @@ def main() -> None:
             res_mode = {"stages": {}}
             for kind, pipeline, needs in stages:
                 out = f"bench/bps/{kind}"
-                config = (f"-j {args.cores} -i LSSTComCam/raw/all" + "".join(f",bench/bps/{d}" for d in needs)
-                          + f" -o {out} --register-dataset-types")
+                config = (
+                    f"-j {args.cores} -i LSSTComCam/raw/all"
+                    + "".join(f",bench/bps/{d}" for d in needs)
+                    + f" -o {out} --register-dataset-types"
+                )
 
                 async def go(pipeline=pipeline, config=config, kind=kind):
-                    job = await service.execute(f"${{CPCOMBINED_DIR}}/pipelines/LSSTComCam/{pipeline}.yaml",
-                                                "", config, query(kind))
+                    job = await service.execute(
+                        f"${{CPCOMBINED_DIR}}/pipelines/LSSTComCam/{pipeline}.yaml", "", config, query(kind)
+                    )
                     return job, await service.wait_result(job, 6 * 3600)
 
                 t0 = time.perf_counter()
@@ -325,11 +372,17 @@ def main() -> None:
                 nq = sum(len(j["quanta"]) for j in jobs)
                 startups = [j["startup"] for j in jobs if j["startup"] is not None]
                 res_mode["stages"][kind] = {
-                    "wall": wall, "quanta": nq, "quanta_s": qsum, "jobs": len(jobs), "jobs_s": jsum,
+                    "wall": wall,
+                    "quanta": nq,
+                    "quanta_s": qsum,
+                    "jobs": len(jobs),
+                    "jobs_s": jsum,
                     "startup_s": statistics.median(startups) if startups else float("nan"),
                     "qgraph_s": fixed.get("Completed creating quantum graph", float("nan")),
-                    "init_s": times["init_s"], "final_s": times["final_s"],
-                    "peak_job_gb": mem.peak_job_gb, "peak_jobs_total_gb": mem.peak_total_gb,
+                    "init_s": times["init_s"],
+                    "final_s": times["final_s"],
+                    "peak_job_gb": mem.peak_job_gb,
+                    "peak_jobs_total_gb": mem.peak_total_gb,
                 }
                 print(
                     f"bps {pipeline}: {wall:7.1f} s, {len(jobs)} jobs / {nq} quanta (ok {status.quanta_succeeded}); "
@@ -337,7 +390,8 @@ def main() -> None:
                     f"{res_mode['stages'][kind]['startup_s']:.1f} s; qgraph "
                     f"{res_mode['stages'][kind]['qgraph_s']:.1f} s, init {times['init_s'] or 0:.1f} s, "
                     f"final {times['final_s'] or 0:.1f} s; peak memory {mem.peak_job_gb:.1f} GB per job, "
-                    f"{mem.peak_total_gb:.1f} GB all jobs", flush=True,
+                    f"{mem.peak_total_gb:.1f} GB all jobs",
+                    flush=True,
                 )
                 _drop_proc(Butler.from_config(str(root), writeable=True), f"{out}/*", f"{pipeline}Proc")
             results["bps"] = res_mode
@@ -360,7 +414,9 @@ def main() -> None:
 
     lines = []
     for mode in results:
-        lines.append(f"{mode}: {total(mode):.1f} s for bias+dark+flat, per-quantum overhead {overhead(mode):.3f} s")
+        lines.append(
+            f"{mode}: {total(mode):.1f} s for bias+dark+flat, per-quantum overhead {overhead(mode):.3f} s"
+        )
     # Extrapolation to the daily counts on 9 detectors: the measured wall time
     # of each stage minus its fixed costs scales with the number of
     # exposures (and detectors).  Fixed: in-process, the pipetask overhead
@@ -376,7 +432,9 @@ def main() -> None:
         for kind, st in results[mode]["stages"].items():
             if mode == "bps":
                 fixed = (st["qgraph_s"] or 0) + (st["init_s"] or 0) + (st["final_s"] or 0)
-                fixed += st["jobs"] * (st["startup_s"] if math.isfinite(st["startup_s"]) else 0.0) / args.cores
+                fixed += (
+                    st["jobs"] * (st["startup_s"] if math.isfinite(st["startup_s"]) else 0.0) / args.cores
+                )
             else:
                 fixed = st["wall"] - st["quanta_s"]
             fixed = min(fixed, st["wall"])

@@ -51,7 +51,11 @@ def main() -> None:
     config["execution"] = {"pipeline_mode": args.mode}
     if args.max_jobs:
         config["execution"]["max_jobs"] = args.max_jobs
-    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-daily-", dir=os.environ.get("TMPDIR")))
+    tmp = (
+        Path(args.keep)
+        if args.keep
+        else Path(tempfile.mkdtemp(prefix="bench-daily-", dir=os.environ.get("TMPDIR")))
+    )
     try:
         cfg_path = tmp / "config.yaml"
         tmp.mkdir(parents=True, exist_ok=True)
@@ -59,11 +63,15 @@ def main() -> None:
         t0 = time.perf_counter()
         code, summary = run_procedure(cfg_path, repo=tmp / "repo", summary_json=tmp / "summary.json")
         total = time.perf_counter() - t0
-        frames = sum(len(v.exposures) for k, v in summary.calibrations.items() if k in ("bias", "dark", "flat"))
+        frames = sum(
+            len(v.exposures) for k, v in summary.calibrations.items() if k in ("bias", "dark", "flat")
+        )
         print(f"{'step':45s} {'seconds':>8s}  status")
         for step in summary.steps:
             print(f"{step.name:45s} {step.seconds:8.1f}  {step.status}")
-        print(f"total wall time {total:.1f} s (steps overlap: acquisition runs while the previous type is processed)")
+        print(
+            f"total wall time {total:.1f} s (steps overlap: acquisition runs while the previous type is processed)"
+        )
         n_det = len(config.get("detectors", [0]))
         print(
             f"daily: seconds={total:.1f} frames={frames} detectors={n_det} instrument={args.instrument} "

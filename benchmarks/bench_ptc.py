@@ -80,7 +80,7 @@ def main() -> None:
         t_dark = run("cpDark", [raw, "bench/bias"], "bench/dark", darks)
         print(f"cpBias {t_bias:.1f} s, cpDark {t_dark:.1f} s")
         levels = _levels(args.pairs)
-        steps = [b - a for a, b in zip(levels, levels[1:])]
+        steps = [b - a for a, b in zip(levels, levels[1:], strict=False)]
         if steps and max(steps) > 9000:
             print(f"note: {max(steps):.0f} e- between pairs exceeds the 9000 e- gap cut: use more pairs")
         t0 = time.perf_counter()

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 #: Real camera data shipped next to the project (skipped when absent).
-REAL_DATA = Path(os.environ.get("CPCOMBINED_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))
+REAL_DATA = Path(
+    os.environ.get("CPCOMBINED_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real")
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,8 +49,9 @@ def exposure_query(instrument: str, exposures) -> str:
     return f"instrument='{instrument}' AND exposure IN ({', '.join(str(int(e)) for e in exposures)})"
 
 
-def run_cp_pipeline(repo_root, instrument: str, name: str, *, inputs, output: str, exposures, config=None,
-                    extra=()):
+def run_cp_pipeline(
+    repo_root, instrument: str, name: str, *, inputs, output: str, exposures, config=None, extra=()
+):
     """Run ``pipelines/<instrument>/<name>.yaml`` with the in-process pipetask.
 
     Returns the `~lsst.cpcombined.script.pipetask.PipetaskResult`.
@@ -57,8 +60,14 @@ def run_cp_pipeline(repo_root, instrument: str, name: str, *, inputs, output: st
 
     pipeline = Path(__file__).resolve().parents[1] / "pipelines" / instrument / f"{name}.yaml"
     args = pipetask_run_args(
-        repo_root, pipeline, inputs=inputs, output=output,
-        data_query=exposure_query(instrument, exposures), config=config, extra=extra, log_level="WARNING",
+        repo_root,
+        pipeline,
+        inputs=inputs,
+        output=output,
+        data_query=exposure_query(instrument, exposures),
+        config=config,
+        extra=extra,
+        log_level="WARNING",
     )
     return run_pipetask(args)
 
@@ -99,8 +108,10 @@ def postgres_url():
         return
     initdb, pg_ctl = PG_BINDIR / "initdb", PG_BINDIR / "pg_ctl"
     if not (initdb.exists() and pg_ctl.exists()):
-        pytest.skip(f"PostgreSQL 15 server binaries not found in {PG_BINDIR} (install postgresql-15, "
-                    "or set CPCOMBINED_PG_BINDIR or CPCOMBINED_POSTGRES_URL)")
+        pytest.skip(
+            f"PostgreSQL 15 server binaries not found in {PG_BINDIR} (install postgresql-15, "
+            "or set CPCOMBINED_PG_BINDIR or CPCOMBINED_POSTGRES_URL)"
+        )
     prefix: list[str] = []
     owner = None
     if os.geteuid() == 0:  # initdb refuses to run as root: use the postgres system user
@@ -121,14 +132,41 @@ def postgres_url():
         os.chown(base, owner.pw_uid, owner.pw_gid)
     started = False
     try:
-        subprocess.run([*prefix, str(initdb), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                        "--no-sync"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *prefix,
+                str(initdb),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+        )
         for _ in range(3):
             port = _free_port()
             proc = subprocess.run(
-                [*prefix, str(pg_ctl), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                 "-o", f"-h 127.0.0.1 -p {port} -k {base} -c fsync=off -c max_connections=200", "start"],
-                capture_output=True, text=True,
+                [
+                    *prefix,
+                    str(pg_ctl),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    f"-h 127.0.0.1 -p {port} -k {base} -c fsync=off -c max_connections=200",
+                    "start",
+                ],
+                capture_output=True,
+                text=True,
             )
             if proc.returncode == 0:
                 started = True
@@ -151,8 +189,9 @@ def postgres_url():
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/cpcombined"
     finally:
         if started:
-            subprocess.run([*prefix, str(pg_ctl), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           capture_output=True)
+            subprocess.run(
+                [*prefix, str(pg_ctl), "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True
+            )
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -310,16 +310,22 @@ def test_usdf_htcondor_site_transforms(small_pg, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(ns.base)
     sub = ns.base / "usdf_submission.yaml"
-    sub.write_text(yaml.safe_dump({
-        "includeConfigs": [str(ROOT / "config" / "bps" / "usdf_htcondor.yaml")],
-        "pipelineYaml": str(ROOT / "pipelines" / "LATISS" / "cpBias.yaml"),
-        "payload": {
-            "payloadName": "cpBias", "butlerConfig": str(ns.root), "inCollection": RAW,
-            "output": "usdf/cpBias",
-            "dataQuery": f"instrument='LATISS' AND exposure IN ({', '.join(map(str, ns.biases))})",
-        },
-        "submitPath": str(ns.base / "usdf_submit"),
-    }))
+    sub.write_text(
+        yaml.safe_dump(
+            {
+                "includeConfigs": [str(ROOT / "config" / "bps" / "usdf_htcondor.yaml")],
+                "pipelineYaml": str(ROOT / "pipelines" / "LATISS" / "cpBias.yaml"),
+                "payload": {
+                    "payloadName": "cpBias",
+                    "butlerConfig": str(ns.root),
+                    "inCollection": RAW,
+                    "output": "usdf/cpBias",
+                    "dataQuery": f"instrument='LATISS' AND exposure IN ({', '.join(map(str, ns.biases))})",
+                },
+                "submitPath": str(ns.base / "usdf_submit"),
+            }
+        )
+    )
     config, workflow = transform_driver(str(sub), wms_service="lsst.ctrl.bps.parsl.ParslService")
     assert config["computeSite"] == "usdf" and config["provisionResources"] is True
     jobs = [workflow.get_job(name) for name in workflow]

@@ -134,37 +134,71 @@ def test_overlapping_range_is_an_error_and_changes_nothing(butler):
     before = _associations(butler, "bias", "LATISS/calib/test")
     # The same dataset over an overlapping, different range.
     with pytest.raises(CertificationConflict, match="overlapping validity range") as info:
-        certify_calibration(butler, dataset_type="bias", run="gen/bias/a", calib_collection="LATISS/calib/test",
-                            begin="2020-01-01", end="2060-01-01", decision_collection="verify/a")
+        certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/bias/a",
+            calib_collection="LATISS/calib/test",
+            begin="2020-01-01",
+            end="2060-01-01",
+            decision_collection="verify/a",
+        )
     assert info.value.conflicts[0]["existing_id"] == str(refs[0].id)
     # A new dataset of the same data ID over an overlapping range.
     new = _put_calibs(butler, "bias", "gen/bias/b", "LATISS", [0], value=2.0)
     _put_decision(butler, "bias", "LATISS", new, "verify/b")
     with pytest.raises(CertificationConflict) as info:
-        certify_calibration(butler, dataset_type="bias", run="gen/bias/b", calib_collection="LATISS/calib/test",
-                            begin="2026-01-01", end="2026-02-01", decision_collection="verify/b")
+        certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/bias/b",
+            calib_collection="LATISS/calib/test",
+            begin="2026-01-01",
+            end="2026-02-01",
+            decision_collection="verify/b",
+        )
     message = str(info.value)
     assert "instrument=LATISS, detector=0" in message
     assert str(refs[0].id) in message and "gen/bias/a" in message
     assert "nothing was certified" in message
     assert _associations(butler, "bias", "LATISS/calib/test") == before
     # Adjacent ranges do not overlap ([begin, end) is half-open).
-    certify_calibration(butler, dataset_type="bias", run="gen/bias/b", calib_collection="LATISS/calib/test",
-                        begin=ALWAYS[1], end="2060-01-01", decision_collection="verify/b")
+    certify_calibration(
+        butler,
+        dataset_type="bias",
+        run="gen/bias/b",
+        calib_collection="LATISS/calib/test",
+        begin=ALWAYS[1],
+        end="2060-01-01",
+        decision_collection="verify/b",
+    )
     assert len(_associations(butler, "bias", "LATISS/calib/test")) == 2
 
 
 def test_conflict_on_one_detector_certifies_none(butler):
     old = _put_calibs(butler, "bias", "gen/bias/old", "LSSTComCam", [4])
-    certify_calibration(butler, dataset_type="bias", run="gen/bias/old", calib_collection="LSSTComCam/calib/test",
-                        begin="2026-01-01", end="2027-01-01", require_decision=False)
+    certify_calibration(
+        butler,
+        dataset_type="bias",
+        run="gen/bias/old",
+        calib_collection="LSSTComCam/calib/test",
+        begin="2026-01-01",
+        end="2027-01-01",
+        require_decision=False,
+    )
     refs = _put_calibs(butler, "bias", "gen/bias/new", "LSSTComCam", range(9), value=3.0)
     _put_decision(butler, "bias", "LSSTComCam", refs, "verify/new")
     before = _associations(butler, "bias", "LSSTComCam/calib/test")
     with pytest.raises(CertificationConflict, match="1 overlapping") as info:
-        certify_calibration(butler, dataset_type="bias", run="gen/bias/new",
-                            calib_collection="LSSTComCam/calib/test", begin="2026-06-01", end="2028-01-01",
-                            decision_collection="verify/new")
+        certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/bias/new",
+            calib_collection="LSSTComCam/calib/test",
+            begin="2026-06-01",
+            end="2028-01-01",
+            decision_collection="verify/new",
+        )
     assert [c["data_id"]["detector"] for c in info.value.conflicts] == [4]
     assert info.value.conflicts[0]["existing_id"] == str(old[0].id)
     assert _associations(butler, "bias", "LSSTComCam/calib/test") == before
@@ -175,16 +209,30 @@ def test_registry_conflict_rolls_back_everything(butler, monkeypatch):
     registry's own check fails the whole transaction: no detector and no
     chain change is kept."""
     _put_calibs(butler, "bias", "gen/bias/old", "LSSTComCam", [8])
-    certify_calibration(butler, dataset_type="bias", run="gen/bias/old", calib_collection="LSSTComCam/calib/test",
-                        begin="2026-01-01", end="2027-01-01", require_decision=False)
+    certify_calibration(
+        butler,
+        dataset_type="bias",
+        run="gen/bias/old",
+        calib_collection="LSSTComCam/calib/test",
+        begin="2026-01-01",
+        end="2027-01-01",
+        require_decision=False,
+    )
     butler.collections.register("LSSTComCam/chain", CollectionType.CHAINED)
     refs = _put_calibs(butler, "bias", "gen/bias/new", "LSSTComCam", range(9), value=3.0)
     monkeypatch.setattr(certify_module, "_classify", lambda butler, dtype, refs, *args: (list(refs), [], []))
     before = _associations(butler, "bias", "LSSTComCam/calib/test")
     with pytest.raises(CertificationConflict, match="registry reports"):
-        certify_calibration(butler, dataset_type="bias", run="gen/bias/new",
-                            calib_collection="LSSTComCam/calib/test", begin="2026-06-01", end="2028-01-01",
-                            require_decision=False, chain="LSSTComCam/chain")
+        certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/bias/new",
+            calib_collection="LSSTComCam/calib/test",
+            begin="2026-06-01",
+            end="2028-01-01",
+            require_decision=False,
+            chain="LSSTComCam/chain",
+        )
     assert len(refs) == 9
     assert _associations(butler, "bias", "LSSTComCam/calib/test") == before
     assert butler.collections.get_info("LSSTComCam/chain").children == ()
@@ -195,38 +243,80 @@ def test_no_decision_certifies_nothing(butler):
     decision = _put_decision(butler, "bias", "LSSTComCam", refs, "verify/bias", n_exposures=5, n_failed=3)
     assert decision["CERTIFY"] is False
     with pytest.raises(CertificationRefused, match="decision for LSSTComCam is NO") as info:
-        certify_calibration(butler, dataset_type="bias", run="gen/bias", calib_collection="LSSTComCam/calib/test",
-                            begin=ALWAYS[0], end=ALWAYS[1], decision_collection="verify/bias",
-                            chain="LSSTComCam/c")
+        certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/bias",
+            calib_collection="LSSTComCam/calib/test",
+            begin=ALWAYS[0],
+            end=ALWAYS[1],
+            decision_collection="verify/bias",
+            chain="LSSTComCam/c",
+        )
     assert "DO NOT CERTIFY" in str(info.value)  # the report is part of the message
     assert info.value.decision["N_FAILED_EXPOSURES"] == 3
-    assert not collection_exists(butler, "LSSTComCam/calib/test") and not collection_exists(butler, "LSSTComCam/c")
+    assert not collection_exists(butler, "LSSTComCam/calib/test") and not collection_exists(
+        butler, "LSSTComCam/c"
+    )
 
 
 def test_missing_or_foreign_decision_is_refused(butler):
     refs = _put_calibs(butler, "bias", "gen/bias", "LATISS", [0])
     with pytest.raises(CertificationRefused, match="needs its verification decision"):
-        certify_calibration(butler, dataset_type="bias", run="gen/bias", calib_collection="LATISS/calib/test",
-                            begin=ALWAYS[0], end=ALWAYS[1])
+        certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/bias",
+            calib_collection="LATISS/calib/test",
+            begin=ALWAYS[0],
+            end=ALWAYS[1],
+        )
     butler.collections.register("verify/empty")
     with pytest.raises(CertificationRefused, match="no cpcVerifyBiasDecision for LATISS"):
-        certify_calibration(butler, dataset_type="bias", run="gen/bias", calib_collection="LATISS/calib/test",
-                            begin=ALWAYS[0], end=ALWAYS[1], decision_collection="verify/empty")
+        certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/bias",
+            calib_collection="LATISS/calib/test",
+            begin=ALWAYS[0],
+            end=ALWAYS[1],
+            decision_collection="verify/empty",
+        )
     # A "yes" about another bias (e.g. the previously certified one) does not certify this one.
     other = _put_calibs(butler, "bias", "gen/bias/other", "LATISS", [0])
     _put_decision(butler, "bias", "LATISS", other, "verify/other")
     with pytest.raises(CertificationRefused, match="does not concern 1 of the 1"):
-        certify_calibration(butler, dataset_type="bias", run="gen/bias", calib_collection="LATISS/calib/test",
-                            begin=ALWAYS[0], end=ALWAYS[1], decision_collection="verify/other")
+        certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/bias",
+            calib_collection="LATISS/calib/test",
+            begin=ALWAYS[0],
+            end=ALWAYS[1],
+            decision_collection="verify/other",
+        )
     assert not collection_exists(butler, "LATISS/calib/test")
     # Explicit opt-outs.
-    result = certify_calibration(butler, dataset_type="bias", run="gen/bias", calib_collection="LATISS/calib/test",
-                                 begin=ALWAYS[0], end=ALWAYS[1], decision_collection="verify/other",
-                                 match_decision=False)
+    result = certify_calibration(
+        butler,
+        dataset_type="bias",
+        run="gen/bias",
+        calib_collection="LATISS/calib/test",
+        begin=ALWAYS[0],
+        end=ALWAYS[1],
+        decision_collection="verify/other",
+        match_decision=False,
+    )
     assert result.n_certified == 1 and result.certified[0].id == str(refs[0].id)
-    result = certify_calibration(butler, dataset_type="bias", run="gen/bias/other",
-                                 calib_collection="LATISS/calib/unverified", begin=ALWAYS[0], end=ALWAYS[1],
-                                 require_decision=False)
+    result = certify_calibration(
+        butler,
+        dataset_type="bias",
+        run="gen/bias/other",
+        calib_collection="LATISS/calib/unverified",
+        begin=ALWAYS[0],
+        end=ALWAYS[1],
+        require_decision=False,
+    )
     assert result.n_certified == 1 and result.decision is None
 
 
@@ -248,8 +338,14 @@ def test_defects_and_ptc_are_certified_directly(butler, tmp_path):
     ptc = Table({"amp": ["C10"], "gain": [1.08], "noise": [8.4]})
     refs.append(_ingest_table(butler, ptc, "ptc", "gen/ptc", tmp_path, instrument="LATISS", detector=0))
     for name, run, ref in (("defects", "gen/defects", refs[0]), ("ptc", "gen/ptc", refs[1])):
-        result = certify_calibration(butler, dataset_type=name, run=run, calib_collection="LATISS/calib/test",
-                                     begin=ALWAYS[0], end=ALWAYS[1])
+        result = certify_calibration(
+            butler,
+            dataset_type=name,
+            run=run,
+            calib_collection="LATISS/calib/test",
+            begin=ALWAYS[0],
+            end=ALWAYS[1],
+        )
         assert result.n_certified == 1 and result.decision is None
         assert _associations(butler, name, "LATISS/calib/test")[0][0] == str(ref.id)
 
@@ -260,8 +356,15 @@ def test_flats_conflict_only_within_a_filter(butler):
     _put_decision(butler, "flat", "LATISS", r, "verify/flat", physical_filter="SDSSr_65mm~empty")
     _put_decision(butler, "flat", "LATISS", g, "verify/flat", physical_filter="SDSSg_65mm~empty")
     for run in ("gen/flat/r", "gen/flat/g"):
-        result = certify_calibration(butler, dataset_type="flat", run=run, calib_collection="LATISS/calib/test",
-                                     begin=ALWAYS[0], end=ALWAYS[1], decision_collection="verify/flat")
+        result = certify_calibration(
+            butler,
+            dataset_type="flat",
+            run=run,
+            calib_collection="LATISS/calib/test",
+            begin=ALWAYS[0],
+            end=ALWAYS[1],
+            decision_collection="verify/flat",
+        )
         assert result.n_certified == 1
         assert result.decision["PHYSICAL_FILTER"] == run.replace("gen/flat/", "SDSS") + "_65mm~empty"
     assert len(_associations(butler, "flat", "LATISS/calib/test")) == 2
@@ -272,15 +375,22 @@ def test_flat_decision_is_per_physical_filter(butler):
     for r does not certify g, a "no" for g refuses g, and a run holding both
     filters needs a "yes" for each."""
     r = _put_calibs(butler, "flat", "gen/flat/rg", "LATISS", [0], physical_filter="SDSSr_65mm~empty")
-    g = _put_calibs(butler, "flat", "gen/flat/rg", "LATISS", [0], physical_filter="SDSSg_65mm~empty",
-                    value=2.0)
+    g = _put_calibs(
+        butler, "flat", "gen/flat/rg", "LATISS", [0], physical_filter="SDSSg_65mm~empty", value=2.0
+    )
     _put_decision(butler, "flat", "LATISS", r, "verify/r", physical_filter="SDSSr_65mm~empty")
-    kwargs = dict(dataset_type="flat", run="gen/flat/rg", calib_collection="LATISS/calib/test", begin=ALWAYS[0],
-                  end=ALWAYS[1])
+    kwargs = dict(
+        dataset_type="flat",
+        run="gen/flat/rg",
+        calib_collection="LATISS/calib/test",
+        begin=ALWAYS[0],
+        end=ALWAYS[1],
+    )
     with pytest.raises(CertificationRefused, match="no cpcVerifyFlatDecision for LATISS SDSSg_65mm~empty"):
         certify_calibration(butler, decision_collection="verify/r", **kwargs)
-    _put_decision(butler, "flat", "LATISS", g, "verify/g", physical_filter="SDSSg_65mm~empty",
-                  n_exposures=3, n_failed=2)
+    _put_decision(
+        butler, "flat", "LATISS", g, "verify/g", physical_filter="SDSSg_65mm~empty", n_exposures=3, n_failed=2
+    )
     with pytest.raises(CertificationRefused, match="decision for LATISS SDSSg_65mm~empty is NO"):
         certify_calibration(butler, decision_collection=["verify/r", "verify/g"], **kwargs)
     assert not collection_exists(butler, "LATISS/calib/test")
@@ -304,12 +414,20 @@ def test_decision_without_calibrations_certifies_with_a_warning(butler, caplog):
     assert "do not record the calibrations" in decision["CALIBRATIONS_NOTE"]
     assert "do not record the calibrations" in decision["REPORT"]
     with caplog.at_level(logging.WARNING, logger="lsst.cpcombined.repo.certify"):
-        result = certify_calibration(butler, dataset_type="bias", run="gen/bias",
-                                     calib_collection="LSSTComCam/calib/test", begin=ALWAYS[0], end=ALWAYS[1],
-                                     decision_collection="verify/cpv")
+        result = certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/bias",
+            calib_collection="LSSTComCam/calib/test",
+            begin=ALWAYS[0],
+            end=ALWAYS[1],
+            decision_collection="verify/cpv",
+        )
     assert result.n_certified == 3
-    assert any("does not list the calibration datasets it verified" in r.message
-               and "3 dataset(s)" in r.message for r in caplog.records)
+    assert any(
+        "does not list the calibration datasets it verified" in r.message and "3 dataset(s)" in r.message
+        for r in caplog.records
+    )
 
 
 def test_chain_prepend_and_run_resolution(butler):
@@ -323,8 +441,15 @@ def test_chain_prepend_and_run_resolution(butler):
     butler.collections.register("LATISS/calib/old", CollectionType.CALIBRATION)
     butler.collections.register("LATISS/calib", CollectionType.CHAINED)
     butler.collections.redefine_chain("LATISS/calib", ["LATISS/calib/old"])
-    kwargs = dict(dataset_type="bias", run="gen/bias", calib_collection="LATISS/calib/daily", begin=ALWAYS[0],
-                  end=ALWAYS[1], decision_collection="verify/bias", chain="LATISS/calib")
+    kwargs = dict(
+        dataset_type="bias",
+        run="gen/bias",
+        calib_collection="LATISS/calib/daily",
+        begin=ALWAYS[0],
+        end=ALWAYS[1],
+        decision_collection="verify/bias",
+        chain="LATISS/calib",
+    )
     result = certify_calibration(butler, **kwargs)
     assert result.run == "gen/bias/20260101T000000Z" and result.chain_updated
     assert butler.collections.get_info("LATISS/calib").children == ("LATISS/calib/daily", "LATISS/calib/old")
@@ -336,29 +461,80 @@ def test_chain_prepend_and_run_resolution(butler):
 def test_bad_arguments(butler):
     _put_calibs(butler, "bias", "gen/bias", "LATISS", [0])
     with pytest.raises(ValueError, match="empty"):
-        certify_calibration(butler, dataset_type="bias", run="gen/bias", calib_collection="LATISS/calib",
-                            begin="2027-01-01", end="2026-01-01", require_decision=False)
+        certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/bias",
+            calib_collection="LATISS/calib",
+            begin="2027-01-01",
+            end="2026-01-01",
+            require_decision=False,
+        )
     with pytest.raises(CertificationError, match="no bias datasets"):
-        certify_calibration(butler, dataset_type="bias", run="gen/bias", calib_collection="LATISS/calib",
-                            begin=ALWAYS[0], end=ALWAYS[1], require_decision=False,
-                            where="instrument = 'LATISS' AND detector = 5")
+        certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/bias",
+            calib_collection="LATISS/calib",
+            begin=ALWAYS[0],
+            end=ALWAYS[1],
+            require_decision=False,
+            where="instrument = 'LATISS' AND detector = 5",
+        )
     with pytest.raises(CertificationError, match="does not exist"):
-        certify_calibration(butler, dataset_type="bias", run="gen/nothing", calib_collection="LATISS/calib",
-                            begin=ALWAYS[0], end=ALWAYS[1], require_decision=False)
+        certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/nothing",
+            calib_collection="LATISS/calib",
+            begin=ALWAYS[0],
+            end=ALWAYS[1],
+            require_decision=False,
+        )
     with pytest.raises(CertificationError, match="not CALIBRATION"):
-        certify_calibration(butler, dataset_type="bias", run="gen/bias", calib_collection="gen/bias",
-                            begin=ALWAYS[0], end=ALWAYS[1], require_decision=False)
+        certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/bias",
+            calib_collection="gen/bias",
+            begin=ALWAYS[0],
+            end=ALWAYS[1],
+            require_decision=False,
+        )
     _register(butler, "notACalib", ("instrument",), "StructuredDataDict", calibration=False)
     with pytest.raises(CertificationError, match="not a calibration dataset type"):
-        certify_calibration(butler, dataset_type="notACalib", run="gen/bias", calib_collection="LATISS/calib",
-                            begin=ALWAYS[0], end=ALWAYS[1])
+        certify_calibration(
+            butler,
+            dataset_type="notACalib",
+            run="gen/bias",
+            calib_collection="LATISS/calib",
+            begin=ALWAYS[0],
+            end=ALWAYS[1],
+        )
     with pytest.raises(ValueError, match="not verified"):
         decision_dataset_type("defects")
     assert [decision_dataset_type(t) for t in ("bias", "dark", "flat")] == [
-        "cpcVerifyBiasDecision", "cpcVerifyDarkDecision", "cpcVerifyFlatDecision"]
+        "cpcVerifyBiasDecision",
+        "cpcVerifyDarkDecision",
+        "cpcVerifyFlatDecision",
+    ]
     with pytest.raises(CertificationError, match="invalid dataset query"):
-        certify_calibration(butler, dataset_type="bias", run="gen/bias", calib_collection="LATISS/calib",
-                            begin=ALWAYS[0], end=ALWAYS[1], require_decision=False, where="detector = 5")
+        certify_calibration(
+            butler,
+            dataset_type="bias",
+            run="gen/bias",
+            calib_collection="LATISS/calib",
+            begin=ALWAYS[0],
+            end=ALWAYS[1],
+            require_decision=False,
+            where="detector = 5",
+        )
     with pytest.raises(CertificationError, match="unknown dataset type 'bfk'"):
-        certify_calibration(butler, dataset_type="bfk", run="gen/bias", calib_collection="LATISS/calib",
-                            begin=ALWAYS[0], end=ALWAYS[1])
+        certify_calibration(
+            butler,
+            dataset_type="bfk",
+            run="gen/bias",
+            calib_collection="LATISS/calib",
+            begin=ALWAYS[0],
+            end=ALWAYS[1],
+        )

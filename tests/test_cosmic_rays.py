@@ -284,7 +284,7 @@ def reference_repair(
     source = np.isfinite(out) & ~det.cr_mask & ((det.bitmask & bits) == 0)
     fallback = float(np.median(out[source])) if source.any() else np.nan
     ny, nx = image.shape
-    for y, x in zip(*np.nonzero(det.cr_mask)):
+    for y, x in zip(*np.nonzero(det.cr_mask), strict=False):
         r = radius
         while True:
             win = (slice(max(0, y - r), y + r + 1), slice(max(0, x - r), x + r + 1))

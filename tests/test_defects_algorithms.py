@@ -206,13 +206,13 @@ def test_flat_thresholds():
     flat[10, 10], flat[20, 20] = 0.85 * 0.8, 0.93 * 0.8
     flat[10, 60], flat[20, 70] = 1.15 * 1.2, 1.05 * 1.2
     bad = find_flat_defects(flat, regions)
-    assert set(zip(*np.nonzero(bad))) == {(10, 10), (10, 60)}
+    assert set(zip(*np.nonzero(bad), strict=False)) == {(10, 10), (10, 60)}
     # configurable ratios and sigma cuts (noise 0.5 %: 0.93 is 14 sigma low)
     assert not find_flat_defects(flat, regions, low_ratio=0.8, high_ratio=1.2).any()
     both = find_flat_defects(flat, regions, low_ratio=None, high_ratio=None, nsigma_low=6, nsigma_high=6)
-    assert set(zip(*np.nonzero(both))) == {(10, 10), (20, 20), (10, 60), (20, 70)}
+    assert set(zip(*np.nonzero(both), strict=False)) == {(10, 10), (20, 20), (10, 60), (20, 70)}
     only_low = find_flat_defects(flat, regions, high_ratio=None)
-    assert set(zip(*np.nonzero(only_low))) == {(10, 10)}
+    assert set(zip(*np.nonzero(only_low), strict=False)) == {(10, 10)}
 
 
 def test_column_rule_50_vs_49():

@@ -54,11 +54,11 @@ def _defect_truth() -> dict:
     rng = np.random.default_rng(42)
     rates = np.exp(rng.uniform(np.log(4.0), np.log(150.0), 30))
     hot = [[0, int(x), int(y), float(r)] for x, y, r in zip(
-        rng.integers(8, NX - 8, 30), rng.integers(8, NY - 8, 30), rates)]
+        rng.integers(8, NX - 8, 30), rng.integers(8, NY - 8, 30), rates, strict=False)]
     cold = [[0, int(x), int(y), float(r)] for x, y, r in zip(
-        rng.integers(8, NX - 8, 30), rng.integers(8, NY - 8, 30), rng.uniform(0.2, 0.8, 30))]
+        rng.integers(8, NX - 8, 30), rng.integers(8, NY - 8, 30), rng.uniform(0.2, 0.8, 30), strict=False)]
     bright = [[0, int(x), int(y), float(r)] for x, y, r in zip(
-        rng.integers(8, NX - 8, 6), rng.integers(8, NY - 8, 6), rng.uniform(1.3, 2.0, 6))]
+        rng.integers(8, NX - 8, 6), rng.integers(8, NY - 8, 6), rng.uniform(1.3, 2.0, 6), strict=False)]
     return {
         "seed": 3,
         "geometry_scale": SCALE,

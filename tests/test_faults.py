@@ -19,7 +19,6 @@ import yaml
 from lsst.cpcombined.cli.main import main as cli_main
 from lsst.cpcombined.repo.validity import parse_validity_date, validity_range
 from lsst.cpcombined.script import core as core_module
-from lsst.cpcombined.script.core import RunSummary
 from lsst.cpcombined.script.runner import PreflightError, run_procedure
 from lsst.cpcombined.script.state import RunBook, RunInProgress, StateFileError
 from lsst.daf.butler import Butler, CollectionType
@@ -205,8 +204,14 @@ def test_finished_run_is_not_replayed(tmp_path, fake_core, capsys):
     assert run_procedure(path, repo=repo)[0] == 0
     assert len(fake_core) == 2 and fake_core[0] != fake_core[1]
     err = capsys.readouterr().err
-    assert f"Starting new run {fake_core[1]} (the last run with this configuration, {fake_core[0]}, succeeded" in err
-    states = {p.stem: json.loads(p.read_text())["status"] for p in (repo / "cpcombined" / "runs" / "LATISS").glob("*.json")}
+    assert (
+        f"Starting new run {fake_core[1]} (the last run with this configuration, {fake_core[0]}, succeeded"
+        in err
+    )
+    states = {
+        p.stem: json.loads(p.read_text())["status"]
+        for p in (repo / "cpcombined" / "runs" / "LATISS").glob("*.json")
+    }
     assert states == {fake_core[0]: "succeeded", fake_core[1]: "succeeded"}
     with pytest.raises(ValueError, match="a finished run is not re-entered"):
         run_procedure(path, repo=repo, resume=fake_core[0])
@@ -253,7 +258,9 @@ def test_second_identical_run_fails_at_once(tmp_path):
         holder.wait(10)
         result = subprocess.run(
             [sys.executable, "-m", "lsst.cpcombined.cli.main", "run", str(path), "--repo", str(repo)],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     finally:
         release.set()
@@ -265,8 +272,12 @@ def test_second_identical_run_fails_at_once(tmp_path):
 
 @pytest.mark.parametrize(
     "content, fragment",
-    [("", "is empty"), ('{"run_id": "x", "conf', "is not valid JSON"), ("[1, 2]", "holds a list"),
-     ('{"run_id": 3, "config_key": "k", "status": "running"}', "invalid run_id")],
+    [
+        ("", "is empty"),
+        ('{"run_id": "x", "conf', "is not valid JSON"),
+        ("[1, 2]", "holds a list"),
+        ('{"run_id": 3, "config_key": "k", "status": "running"}', "invalid run_id"),
+    ],
 )
 def test_broken_state_file_names_the_file_and_the_fix(tmp_path, fake_core, capsys, content, fragment):
     repo = tmp_path / "repo"
@@ -306,12 +317,12 @@ def test_init_edge_cases(tmp_path, capsys, monkeypatch):
 
 def _simulated_raw_files(directory: Path, n: int = 2, image_type: str = "bias") -> list[Path]:
     """Simulated LATISS raw files written to ``directory`` (not ingested)."""
+    from astropy.time import Time
     from lsst.cpcombined.obs.instrument import get_instrument
     from lsst.cpcombined.obs.raw import write_raw_file
     from lsst.cpcombined.simulation import SimulationTruth
     from lsst.cpcombined.simulation.camera import primary_header
     from lsst.cpcombined.simulation.sensor import simulate_raw_amps
-    from astropy.time import Time
 
     truth = SimulationTruth("LATISS", {"seed": 9, "geometry_scale": 0.0625})
     inst = get_instrument("LATISS")
@@ -321,9 +332,18 @@ def _simulated_raw_files(directory: Path, n: int = 2, image_type: str = "bias") 
     for i in range(n):
         seq = 100 + i
         hdr = primary_header(
-            inst, det, image_type=image_type, obs_id=inst.make_obs_id("O", 20261203, seq), day_obs=20261203,
-            seq_num=seq, controller="O", begin=Time(f"2026-12-03T20:00:0{i}", scale="tai"),
-            exposure_time=0.0, dark_time=0.3, physical_filter="empty~empty", group_id=f"g{i}",
+            inst,
+            det,
+            image_type=image_type,
+            obs_id=inst.make_obs_id("O", 20261203, seq),
+            day_obs=20261203,
+            seq_num=seq,
+            controller="O",
+            begin=Time(f"2026-12-03T20:00:0{i}", scale="tai"),
+            exposure_time=0.0,
+            dark_time=0.3,
+            physical_filter="empty~empty",
+            group_id=f"g{i}",
         )
         amps = simulate_raw_amps(truth, det.id, image_type, 0.0, 0.3, i, truth.exposure_rng(i, det.id))
         path = directory / f"raw{i}.fits"
@@ -360,8 +380,25 @@ def test_ingest_of_relative_paths_and_no_empty_collection_on_failure(tmp_path, m
     assert "ingested 2 file(s)" in capsys.readouterr().out
     assert _n_exposures(repo) == 2
     # A relative staging directory for the simulator.
-    assert cli_main(["simulate", str(repo), "--instrument", "LATISS", "--image-type", "bias", "--count", "1",
-                     "--geometry-scale", "0.0625", "--staging-dir", "stage"]) == 0
+    assert (
+        cli_main(
+            [
+                "simulate",
+                str(repo),
+                "--instrument",
+                "LATISS",
+                "--image-type",
+                "bias",
+                "--count",
+                "1",
+                "--geometry-scale",
+                "0.0625",
+                "--staging-dir",
+                "stage",
+            ]
+        )
+        == 0
+    )
     assert _n_exposures(repo) == 3
 
 
@@ -414,8 +451,9 @@ def test_interrupted_ingest_leaves_no_orphan(tmp_path):
     butler = create_repo(tmp_path / "repo")
     (raw,) = _simulated_raw_files(tmp_path / "raws", n=1)
     ingest_raws(butler, [raw])
-    uri = butler.getURI("raw", instrument="LATISS", detector=0, exposure=2026120300100,
-                        collections="LATISS/raw/all")
+    uri = butler.getURI(
+        "raw", instrument="LATISS", detector=0, exposure=2026120300100, collections="LATISS/raw/all"
+    )
     # What a kill between the file copy and the registry commit leaves: the
     # file in the datastore, no record.
     refs = list(butler.query_datasets("raw", collections="LATISS/raw/all", explain=False))
@@ -435,8 +473,11 @@ def test_bias_offset_in_every_frame_is_not_certified(tmp_path):
     same offset) but is wrong: the LEVEL test of the bias under test fails
     on every amplifier of every exposure, so the majority rule refuses it."""
     config = _config(
-        tmp_path, n_bias=4, simulation={
-            "seed": 5, "geometry_scale": 0.0625,
+        tmp_path,
+        n_bias=4,
+        simulation={
+            "seed": 5,
+            "geometry_scale": 0.0625,
             "faults": [{"image_type": "bias", "imaging_offset_adu": 5000.0}],
         },
     )
@@ -454,8 +495,11 @@ def test_bias_with_a_dead_amplifier_is_certified_and_named(tmp_path):
     certified (the other amplifiers are good and ISR masks the dead one) and
     the amplifier is named in the decision report and the summary."""
     config = _config(
-        tmp_path, n_bias=4, simulation={
-            "seed": 5, "geometry_scale": 0.0625,
+        tmp_path,
+        n_bias=4,
+        simulation={
+            "seed": 5,
+            "geometry_scale": 0.0625,
             "faults": [{"image_type": "bias", "amplifiers": ["C10"], "nan": True}],
         },
     )
@@ -475,12 +519,27 @@ def test_sigint_ends_with_a_summary_and_the_run_resumes(tmp_path):
     import signal
     import time
 
-    config = _config(tmp_path, n_bias=6, script_mode="BIAS_DARK", n_dark=3, exp_times_dark=10,
-                     execution={"pipeline_mode": "inprocess", "max_jobs": 1})
+    config = _config(
+        tmp_path,
+        n_bias=6,
+        script_mode="BIAS_DARK",
+        n_dark=3,
+        exp_times_dark=10,
+        execution={"pipeline_mode": "inprocess", "max_jobs": 1},
+    )
     repo = tmp_path / "repo"
     summary = tmp_path / "summary.json"
-    cmd = [sys.executable, "-m", "lsst.cpcombined.cli.main", "run", str(config), "--repo", str(repo),
-           "--summary-json", str(summary)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lsst.cpcombined.cli.main",
+        "run",
+        str(config),
+        "--repo",
+        str(repo),
+        "--summary-json",
+        str(summary),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runs = repo / "cpcombined" / "runs" / "LATISS"
     deadline = time.monotonic() + 120
@@ -507,8 +566,23 @@ def test_certify_command_messages(tmp_path, capsys):
     Butler.from_config(str(repo), writeable=True).collections.register("gen/bias", CollectionType.RUN)
     capsys.readouterr()
     # A bad date: one line naming the flag.
-    assert cli_main(["certify", str(repo), "--dataset-type", "bias", "--run", "gen/bias",
-                     "--collection", "LATISS/calib/x", "--begin", "2026-01-01T00:00:00Z"]) == 1
+    assert (
+        cli_main(
+            [
+                "certify",
+                str(repo),
+                "--dataset-type",
+                "bias",
+                "--run",
+                "gen/bias",
+                "--collection",
+                "LATISS/calib/x",
+                "--begin",
+                "2026-01-01T00:00:00Z",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--begin" in err[0] and "time zone" in err[0]
     # A missing decision names the CLI flags; the result prints once.
@@ -518,12 +592,28 @@ def test_certify_command_messages(tmp_path, capsys):
 
     butler = Butler.from_config(str(repo), writeable=True)
     butler.registry.registerDatasetType(
-        DatasetType("bias", ("instrument", "detector"), "ExposureF", universe=butler.dimensions, isCalibration=True)
+        DatasetType(
+            "bias", ("instrument", "detector"), "ExposureF", universe=butler.dimensions, isCalibration=True
+        )
     )
     zeros = np.zeros((8, 16))
-    butler.put(to_masked_image(zeros, zeros, zeros.astype(np.uint8), unit=None), "bias",
-               instrument="LATISS", detector=0, run="gen/bias")
-    args = ["certify", str(repo), "--dataset-type", "bias", "--run", "gen/bias", "--collection", "LATISS/calib/x"]
+    butler.put(
+        to_masked_image(zeros, zeros, zeros.astype(np.uint8), unit=None),
+        "bias",
+        instrument="LATISS",
+        detector=0,
+        run="gen/bias",
+    )
+    args = [
+        "certify",
+        str(repo),
+        "--dataset-type",
+        "bias",
+        "--run",
+        "gen/bias",
+        "--collection",
+        "LATISS/calib/x",
+    ]
     assert cli_main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--decision-collection" in err[0] and "--no-decision" in err[0]

@@ -85,7 +85,9 @@ def test_foreign_mask_layout_and_bad_files(tmp_path):
     np.testing.assert_array_equal(from_mask(back.mask), np.where(image > 105, BIT["CR"], 0))
     assert back.image.unit is None
     # Planes cp_combined does not know are refused, not dropped.
-    strange = Mask(0, schema=MaskSchema([MaskPlane("STREAK", "?")], dtype=np.uint8), bbox=Box.factory[0:40, 0:30])
+    strange = Mask(
+        0, schema=MaskSchema([MaskPlane("STREAK", "?")], dtype=np.uint8), bbox=Box.factory[0:40, 0:30]
+    )
     with pytest.raises(ValueError, match="STREAK"):
         write_proc_image(type(mi)(mi.image, mask=strange, variance=mi.variance), tmp_path / "b.fits")
     # A FITS file of another kind is named as such.
@@ -139,8 +141,16 @@ def _defects():
     from lsst.cpcombined.repo.calib_tables import DEFECTS_CALIBCLS, calib_identity, defects_table
 
     boxes = Table({"x0": [0, 5], "y0": [0, 7], "width": [40, 1], "height": [5, 30]})
-    md = calib_identity("defects", schema="", version=2.0, calibcls=DEFECTS_CALIBCLS, instrument="LATISS",
-                        detector=0, detector_name="RXX_S00", detector_serial="ITL-3800C-068")
+    md = calib_identity(
+        "defects",
+        schema="",
+        version=2.0,
+        calibcls=DEFECTS_CALIBCLS,
+        instrument="LATISS",
+        detector=0,
+        detector_name="RXX_S00",
+        detector_serial="ITL-3800C-068",
+    )
     return defects_table(boxes, md)
 
 
@@ -161,7 +171,8 @@ def test_products_record_obs_base_formatters(repo):
     image, variance, mask, mi = _product()
     for name, sc in (("bias", "ExposureF"), ("defects", "Defects")):
         butler.registry.registerDatasetType(
-            DatasetType(name, ("instrument", "detector"), sc, isCalibration=True, universe=butler.dimensions))
+            DatasetType(name, ("instrument", "detector"), sc, isCalibration=True, universe=butler.dimensions)
+        )
     ref = butler.put(mi, "bias", instrument="LATISS", detector=0, run="test/run")
     assert butler._datastore.getStoredItemsInfo(ref)[0].formatter == EXPOSURE_FORMATTER
     back = read_exposure_fits(butler.getURI(ref).ospath)
@@ -184,7 +195,12 @@ def test_products_record_obs_base_formatters(repo):
     with fits.open(butler.getURI(ref).ospath) as hdul:
         h = hdul[1].header
         assert (h["OBSTYPE"], h["defects_VERSION"], h["CALIBCLS"], h["INSTRUME"], h["DETECTOR"]) == (
-            "defects", 2.0, "lsst.ip.isr.defects.Defects", "LATISS", 0)
+            "defects",
+            2.0,
+            "lsst.ip.isr.defects.Defects",
+            "LATISS",
+            0,
+        )
         assert h["TFORM1"] == "K"
     with pytest.raises(RuntimeError) as err:
         butler.put(table[["x0", "y0"]], "defects", instrument="LATISS", detector=0, run="test/bad2")
@@ -209,8 +225,14 @@ def _stand_in(monkeypatch, module_name: str, class_name: str, calls: list):
             return recipes
 
         def write_local_file(self, in_memory_dataset, uri):
-            calls.append({"object": in_memory_dataset, "write_parameters": self.write_parameters,
-                          "write_recipes": self.write_recipes, "ref": self.dataset_ref})
+            calls.append(
+                {
+                    "object": in_memory_dataset,
+                    "write_parameters": self.write_parameters,
+                    "write_recipes": self.write_recipes,
+                    "ref": self.dataset_ref,
+                }
+            )
             uri.write(b"written by the stand-in")
 
     module = types.ModuleType(module_name)
@@ -222,8 +244,13 @@ def _stand_in(monkeypatch, module_name: str, class_name: str, calls: list):
 def _formatter(cls, butler, tmp_path, dataset_type, storage_class, **kwargs):
     from lsst.daf.butler import DatasetRef, FileDescriptor, Location, StorageClassFactory
 
-    dt = DatasetType(dataset_type, ("instrument", "detector"), storage_class, isCalibration=True,
-                     universe=butler.dimensions)
+    dt = DatasetType(
+        dataset_type,
+        ("instrument", "detector"),
+        storage_class,
+        isCalibration=True,
+        universe=butler.dimensions,
+    )
     data_id = butler.registry.expandDataId(instrument="LATISS", detector=0)
     ref = DatasetRef(dt, data_id, run="test/run")
     location = Location(str(tmp_path), f"{dataset_type}.fits")
@@ -244,10 +271,22 @@ def test_foreign_objects_are_handed_to_obs_base(repo, tmp_path, monkeypatch):
     calls: list = []
     _stand_in(monkeypatch, "lsst.obs.base.formatters.fitsExposure", "FitsExposureFormatter", calls)
     _stand_in(monkeypatch, "lsst.obs.base.formatters.fitsGeneric", "FitsGenericFormatter", calls)
-    recipes = {"default": {"image": {"algorithm": "GZIP_2"}, "mask": {"algorithm": "GZIP_2"},
-                           "variance": {"algorithm": "GZIP_2"}}}
-    formatter, location = _formatter(CalibExposureFormatter, repo, tmp_path, "bias", "ExposureF",
-                                     write_recipes=recipes, write_parameters={"recipe": "default"})
+    recipes = {
+        "default": {
+            "image": {"algorithm": "GZIP_2"},
+            "mask": {"algorithm": "GZIP_2"},
+            "variance": {"algorithm": "GZIP_2"},
+        }
+    }
+    formatter, location = _formatter(
+        CalibExposureFormatter,
+        repo,
+        tmp_path,
+        "bias",
+        "ExposureF",
+        write_recipes=recipes,
+        write_parameters={"recipe": "default"},
+    )
     foreign = _ForeignObject()
     assert not formatter.can_accept(foreign) and formatter.can_accept(_product()[3])
     formatter.write(foreign)
@@ -277,18 +316,29 @@ def test_calibration_compression_recipe(repo, tmp_path):
     from lsst.cpcombined.repo.formatters import CalibExposureFormatter
 
     image, variance, mask, mi = _product()
-    lossless = {"image": {"algorithm": "GZIP_2"}, "mask": {"algorithm": "GZIP_2"},
-                "variance": {"algorithm": "GZIP_2"}}
+    lossless = {
+        "image": {"algorithm": "GZIP_2"},
+        "mask": {"algorithm": "GZIP_2"},
+        "variance": {"algorithm": "GZIP_2"},
+    }
     rice = {"algorithm": "RICE_1", "quantization": {"level": 16.0}}
     lossy = {"image": rice, "mask": {"algorithm": "GZIP_2"}, "variance": rice}
     recipes = {"lossless": lossless, "lossy16": lossy, "default": lossless}
-    formatter, location = _formatter(CalibExposureFormatter, repo, tmp_path, "bias", "ExposureF",
-                                     write_recipes=recipes)
+    formatter, location = _formatter(
+        CalibExposureFormatter, repo, tmp_path, "bias", "ExposureF", write_recipes=recipes
+    )
     formatter.write(mi)
     with fits.open(location.path) as hdul:
         assert [type(h).__name__ for h in hdul] == ["PrimaryHDU", "ImageHDU", "ImageHDU", "ImageHDU"]
-    formatter, location = _formatter(CalibExposureFormatter, repo, tmp_path, "bias", "ExposureF",
-                                     write_recipes=recipes, write_parameters={"recipe": "lossless"})
+    formatter, location = _formatter(
+        CalibExposureFormatter,
+        repo,
+        tmp_path,
+        "bias",
+        "ExposureF",
+        write_recipes=recipes,
+        write_parameters={"recipe": "lossless"},
+    )
     formatter.write(mi)
     with fits.open(location.path, disable_image_compression=True) as hdul:
         assert [h.header.get("ZCMPTYPE") for h in hdul[1:4]] == ["GZIP_2"] * 3
@@ -297,8 +347,15 @@ def test_calibration_compression_recipe(repo, tmp_path):
     np.testing.assert_array_equal(back.image.array, image)
     np.testing.assert_array_equal(back.variance.array, variance)
     np.testing.assert_array_equal(from_mask(back.mask), mask)
-    formatter, _ = _formatter(CalibExposureFormatter, repo, tmp_path, "bias", "ExposureF",
-                              write_recipes=recipes, write_parameters={"recipe": "lossy16"})
+    formatter, _ = _formatter(
+        CalibExposureFormatter,
+        repo,
+        tmp_path,
+        "bias",
+        "ExposureF",
+        write_recipes=recipes,
+        write_parameters={"recipe": "lossy16"},
+    )
     with pytest.raises(ValueError, match="lossless only"):
         formatter.write(mi)
 
@@ -315,8 +372,14 @@ def test_calibrations_read_through_files_and_cached(repo):
     butler.collections.register("test/run")
     for name, sc in (("bias", "ExposureF"), ("defects", "Defects"), ("cpcIsrProc", "MaskedImageV2")):
         butler.registry.registerDatasetType(
-            DatasetType(name, ("instrument", "detector"), sc, isCalibration=name != "cpcIsrProc",
-                        universe=butler.dimensions))
+            DatasetType(
+                name,
+                ("instrument", "detector"),
+                sc,
+                isCalibration=name != "cpcIsrProc",
+                universe=butler.dimensions,
+            )
+        )
     image, _, mask, mi = _product()
     bias = butler.put(mi, "bias", instrument="LATISS", detector=0, run="test/run")
     defects = butler.put(_defects(), "defects", instrument="LATISS", detector=0, run="test/run")
@@ -328,10 +391,15 @@ def test_calibrations_read_through_files_and_cached(repo):
 
         def get(self, ref):
             self.gets += 1
-            return butler.getDeferred(ref.datasetRef) if isinstance(ref, DeferredDatasetRef) else butler.get(ref)
+            return (
+                butler.getDeferred(ref.datasetRef) if isinstance(ref, DeferredDatasetRef) else butler.get(ref)
+            )
 
-    refs = [("bias", DeferredDatasetRef(bias)), ("defects", DeferredDatasetRef(defects)),
-            ("ccdExposure", DeferredDatasetRef(proc))]
+    refs = [
+        ("bias", DeferredDatasetRef(bias)),
+        ("defects", DeferredDatasetRef(defects)),
+        ("ccdExposure", DeferredDatasetRef(proc)),
+    ]
     products._CALIB_CACHE.clear()
     qc = QuantumContext()
     first = products.get_inputs_caching_calibrations(qc, refs)

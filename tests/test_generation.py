@@ -60,16 +60,26 @@ def latiss(tmp_path_factory):
     biases = cam.take("bias", [0.0] * N_BIAS)
     darks = cam.take("dark", [DARK_TIME] * N_DARK)
     flats = cam.take("flat", [FLAT_TIME] * N_FLAT)
-    res = run_cp_pipeline(root, "LATISS", "cpBias", inputs=["LATISS/raw/all"], output="gen/bias", exposures=biases)
+    res = run_cp_pipeline(
+        root, "LATISS", "cpBias", inputs=["LATISS/raw/all"], output="gen/bias", exposures=biases
+    )
     assert res.ok, res.error_summary()
-    res = run_cp_pipeline(root, "LATISS", "cpDark", inputs=["LATISS/raw/all", "gen/bias"], output="gen/dark",
-                          exposures=darks)
+    res = run_cp_pipeline(
+        root, "LATISS", "cpDark", inputs=["LATISS/raw/all", "gen/bias"], output="gen/dark", exposures=darks
+    )
     assert res.ok, res.error_summary()
-    res = run_cp_pipeline(root, "LATISS", "cpFlat", inputs=["LATISS/raw/all", "gen/bias", "gen/dark"],
-                          output="gen/flat", exposures=flats)
+    res = run_cp_pipeline(
+        root,
+        "LATISS",
+        "cpFlat",
+        inputs=["LATISS/raw/all", "gen/bias", "gen/dark"],
+        output="gen/flat",
+        exposures=flats,
+    )
     assert res.ok, res.error_summary()
-    return types.SimpleNamespace(root=root, butler=butler, truth=truth, camera=cam,
-                                 biases=biases, darks=darks, flats=flats)
+    return types.SimpleNamespace(
+        root=root, butler=butler, truth=truth, camera=cam, biases=biases, darks=darks, flats=flats
+    )
 
 
 def test_bias_matches_truth(latiss):
@@ -93,7 +103,15 @@ def test_bias_matches_truth(latiss):
     assert [p["exposure"] for p in prov] == latiss.biases
     assert all(p["scale"] == 1.0 and p["exptime"] == 0.0 and p["date"] and p["obsid"] for p in prov)
     pct = read_percentiles(md)
-    assert set(pct) == set(amp_regions(latiss.truth.layout)) and set(pct["C10"]) == {0, 5, 16, 50, 84, 95, 100}
+    assert set(pct) == set(amp_regions(latiss.truth.layout)) and set(pct["C10"]) == {
+        0,
+        5,
+        16,
+        50,
+        84,
+        95,
+        100,
+    }
     assert pct["C10"][0] <= pct["C10"][50] <= pct["C10"][100]
     # The percentiles are those of the amplifier's pixels (no pixel is BAD here).
     ys, xs = amp_regions(latiss.truth.layout)["C10"]
@@ -209,15 +227,24 @@ def test_comcam_flats_keep_detector_ratios(tmp_path):
     darks = cam.take("dark", [10.0] * 3)
     flats = cam.take("flat", [3.0, 4.0, 5.0, 6.0])
     for name, inputs, exposures in (
-        ("cpBias", [], biases), ("cpDark", ["gen/cpBias"], darks), ("cpFlat", ["gen/cpBias", "gen/cpDark"], flats)
+        ("cpBias", [], biases),
+        ("cpDark", ["gen/cpBias"], darks),
+        ("cpFlat", ["gen/cpBias", "gen/cpDark"], flats),
     ):
-        res = run_cp_pipeline(root, "LSSTComCam", name, inputs=["LSSTComCam/raw/all", *inputs],
-                              output=f"gen/{name}", exposures=exposures)
+        res = run_cp_pipeline(
+            root,
+            "LSSTComCam",
+            name,
+            inputs=["LSSTComCam/raw/all", *inputs],
+            output=f"gen/{name}",
+            exposures=exposures,
+        )
         assert res.ok, res.error_summary()
     measured, expected = [], []
     for det in range(9):
-        flat = _get(butler, "flat", "gen/cpFlat", instrument="LSSTComCam", detector=det,
-                    physical_filter="r_03")
+        flat = _get(
+            butler, "flat", "gen/cpFlat", instrument="LSSTComCam", detector=det, physical_filter="r_03"
+        )
         dt = truth.detector_truth(det)
         good = ~dt.cold_mask & ~dt.hot_mask
         measured.append(clipped_stats(flat.image.array, from_mask(flat.mask), bits("BAD", "NO_DATA"))[0])
@@ -227,8 +254,9 @@ def test_comcam_flats_keep_detector_ratios(tmp_path):
     assert np.all(np.abs(ratios - 1) < 0.005), ratios
     # The spread of responses is real (3 % rms), not normalised away.
     assert np.std(measured) / np.mean(measured) > 0.01
-    scales = butler.get("cpcFlatNormScales", collections="gen/cpFlat", instrument="LSSTComCam",
-                        physical_filter="r_03")
+    scales = butler.get(
+        "cpcFlatNormScales", collections="gen/cpFlat", instrument="LSSTComCam", physical_filter="r_03"
+    )
     assert scales["physical_filter"] == "r_03"
     e = [scales["exposure_scales"][str(x)] for x in flats]
     assert np.allclose(np.array(e) / e[0], np.array([3.0, 4.0, 5.0, 6.0]) / 3.0, rtol=2e-3)
@@ -245,16 +273,28 @@ def _has(butler, name, collection, **data_id):
 
 
 def test_wrong_image_type(latiss):
-    res = run_cp_pipeline(latiss.root, "LATISS", "cpBias", inputs=["LATISS/raw/all"], output="bad/type",
-                          exposures=latiss.biases[:3] + latiss.darks[:1])
+    res = run_cp_pipeline(
+        latiss.root,
+        "LATISS",
+        "cpBias",
+        inputs=["LATISS/raw/all"],
+        output="bad/type",
+        exposures=latiss.biases[:3] + latiss.darks[:1],
+    )
     assert not res.ok
     assert f"exposure {latiss.darks[0]}" in res.error_summary() and "wrong image type" in res.error_summary()
     assert not _has(latiss.butler, "bias", "bad/type", instrument="LATISS", detector=0)
 
 
 def test_dark_without_bias(latiss):
-    res = run_cp_pipeline(latiss.root, "LATISS", "cpDark", inputs=["LATISS/raw/all"], output="bad/nobias",
-                          exposures=latiss.darks)
+    res = run_cp_pipeline(
+        latiss.root,
+        "LATISS",
+        "cpDark",
+        inputs=["LATISS/raw/all"],
+        output="bad/nobias",
+        exposures=latiss.darks,
+    )
     assert not res.ok
     assert "cpDarkIsr.bias" in res.error_summary()
 
@@ -264,38 +304,66 @@ def test_flats_of_two_filters(latiss):
     a lone flat of another filter gets a quantum of its own, which fails for
     want of inputs (3 needed) and names its filter."""
     (odd,) = latiss.camera.take("flat", [FLAT_TIME], physical_filter="SDSSg_65mm~empty")
-    res = run_cp_pipeline(latiss.root, "LATISS", "cpFlat", inputs=["LATISS/raw/all", "gen/bias", "gen/dark"],
-                          output="bad/filter", exposures=latiss.flats[:4] + [odd])
+    res = run_cp_pipeline(
+        latiss.root,
+        "LATISS",
+        "cpFlat",
+        inputs=["LATISS/raw/all", "gen/bias", "gen/dark"],
+        output="bad/filter",
+        exposures=latiss.flats[:4] + [odd],
+    )
     assert not res.ok
     summary = res.error_summary()
     expected = "only 1 usable input(s) for the flat of RXX_S00 in SDSSg_65mm~empty (minimum 3)"
     assert expected in summary, summary
-    assert not _has(latiss.butler, "flat", "bad/filter", instrument="LATISS", detector=0,
-                    physical_filter="SDSSg_65mm~empty")
-    scales = latiss.butler.get("cpcFlatNormScales", collections="bad/filter", instrument="LATISS",
-                               physical_filter="SDSSg_65mm~empty")
+    assert not _has(
+        latiss.butler,
+        "flat",
+        "bad/filter",
+        instrument="LATISS",
+        detector=0,
+        physical_filter="SDSSg_65mm~empty",
+    )
+    scales = latiss.butler.get(
+        "cpcFlatNormScales", collections="bad/filter", instrument="LATISS", physical_filter="SDSSg_65mm~empty"
+    )
     assert list(scales["exposure_scales"]) == [str(odd)]
 
 
 def test_saturated_flats_excluded(latiss):
     ramp_top = latiss.camera.take("flat", [150.0, 150.0])  # 300 ke- requested: past full well
-    res = run_cp_pipeline(latiss.root, "LATISS", "cpFlat", inputs=["LATISS/raw/all", "gen/bias", "gen/dark"],
-                          output="gen/flat_sat", exposures=latiss.flats[:4] + ramp_top)
+    res = run_cp_pipeline(
+        latiss.root,
+        "LATISS",
+        "cpFlat",
+        inputs=["LATISS/raw/all", "gen/bias", "gen/dark"],
+        output="gen/flat_sat",
+        exposures=latiss.flats[:4] + ramp_top,
+    )
     assert res.ok, res.error_summary()
     for e in ramp_top:
         assert any(f"{e}" in w and "saturated" in w for w in res.warnings), res.warnings
     flat = _get(latiss.butler, "flat", "gen/flat_sat", detector=0, physical_filter="SDSSr_65mm~empty")
     assert [p["exposure"] for p in read_input_provenance(flat.metadata)] == latiss.flats[:4]
-    assert clipped_stats(flat.image.array, from_mask(flat.mask), bits("BAD"))[0] == pytest.approx(1.0, abs=1e-3)
+    assert clipped_stats(flat.image.array, from_mask(flat.mask), bits("BAD"))[0] == pytest.approx(
+        1.0, abs=1e-3
+    )
 
 
 def test_all_nan_amp_is_masked(tmp_path):
     butler = create_repo(tmp_path / "repo")
-    truth = SimulationTruth("LATISS", {"seed": 2, "geometry_scale": 0.125,
-                                       "faults": [{"image_type": "bias", "amplifiers": ["C05"], "nan": True}]})
+    truth = SimulationTruth(
+        "LATISS",
+        {
+            "seed": 2,
+            "geometry_scale": 0.125,
+            "faults": [{"image_type": "bias", "amplifiers": ["C05"], "nan": True}],
+        },
+    )
     biases = SimulatedCamera(butler, truth).take("bias", [0.0] * 3)
-    res = run_cp_pipeline(tmp_path / "repo", "LATISS", "cpBias", inputs=["LATISS/raw/all"], output="gen/nan",
-                          exposures=biases)
+    res = run_cp_pipeline(
+        tmp_path / "repo", "LATISS", "cpBias", inputs=["LATISS/raw/all"], output="gen/nan", exposures=biases
+    )
     assert res.ok, res.error_summary()
     assert any("C05" in w and "entirely NaN" in w for w in res.warnings)
     assert any("no usable input" in w for w in res.warnings)
@@ -345,9 +413,17 @@ def test_combine_headers_without_a_butler():
         image = rng.normal(10.0, 1.0, shape).astype(np.float32)
         mask = np.zeros(shape, np.uint8)
         mask[0, :7] = bits("SAT")  # the same 7 pixels unusable in every input
-        md = {"EXPOSURE": 2026010100010 + i, "OBSID": f"AT_O_20260101_{10 + i:06d}", "EXPTIME": 30.0,
-              "DARKTIME": 30.3, "DATE-BEG": f"2026-01-01T00:0{i}:00.000", "TIMESYS": "TAI",
-              "ISR_UNITS": "electron", "SEQNAME": "seq_a.seq", "SEQFILE": f"file_{i}"}
+        md = {
+            "EXPOSURE": 2026010100010 + i,
+            "OBSID": f"AT_O_20260101_{10 + i:06d}",
+            "EXPTIME": 30.0,
+            "DARKTIME": 30.3,
+            "DATE-BEG": f"2026-01-01T00:0{i}:00.000",
+            "TIMESYS": "TAI",
+            "ISR_UNITS": "electron",
+            "SEQNAME": "seq_a.seq",
+            "SEQFILE": f"file_{i}",
+        }
         handles.append(_Handle(to_masked_image(image, np.ones(shape), mask, unit=None, metadata=md)))
     cfg = CpCombineConfig()
     cfg.calibrationType, cfg.scaling = "dark", "dark_time"

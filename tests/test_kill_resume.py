@@ -133,10 +133,24 @@ def test_killed_run_resumes_to_identical_products(tmp_path, clean, moment):
     config = _write_config(tmp_path / "c.yaml")
     repo = tmp_path / "repo"
     module, function, when, nth = KILLS[moment]
-    cmd = [sys.executable, "-c", WRAPPER, module, function, when, str(nth),
-           "--log-level", "WARNING", "run", str(config), "--repo", str(repo)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        "-c",
+        WRAPPER,
+        module,
+        function,
+        when,
+        str(nth),
+        "--log-level",
+        "WARNING",
+        "run",
+        str(config),
+        "--repo",
+        str(repo),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     assert proc.returncode == -9, f"the run was not killed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     (state_file,) = (repo / "cpcombined" / "runs" / "LATISS").glob("*.json")
     state = json.loads(state_file.read_text())
@@ -150,6 +164,7 @@ def test_killed_run_resumes_to_identical_products(tmp_path, clean, moment):
     butler = Butler.from_config(str(repo))
     # Exactly one certified bias and dark; the kill left nothing doubled.
     for dataset_type in ("bias", "dark"):
-        refs = butler.query_datasets(dataset_type, collections="LATISS/calib/daily", find_first=False,
-                                     explain=False)
+        refs = butler.query_datasets(
+            dataset_type, collections="LATISS/calib/daily", find_first=False, explain=False
+        )
         assert len(refs) == 1

@@ -116,11 +116,23 @@ def test_two_procedures_write_to_one_repo_at_once(postgres_url, tmp_path):
             "certify_calib_begin_date": "2020-01-01", "certify_calib_end_date": "2050-01-01",
             "execution": {"pipeline_mode": "inprocess"}, "certify_chain": f"{name}/calib",
         }))
-        cmd = [sys.executable, "-c", "import sys; from lsst.cpcombined.cli.main import main; sys.exit(main())",
-               "--log-level", "WARNING", "run", str(path), "--repo", str(root),
-               "--summary-json", str(tmp_path / f"{name}.json")]
-        procs[name] = (time.monotonic(), subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                                          stderr=subprocess.STDOUT, text=True))
+        cmd = [
+            sys.executable,
+            "-c",
+            "import sys; from lsst.cpcombined.cli.main import main; sys.exit(main())",
+            "--log-level",
+            "WARNING",
+            "run",
+            str(path),
+            "--repo",
+            str(root),
+            "--summary-json",
+            str(tmp_path / f"{name}.json"),
+        ]
+        procs[name] = (
+            time.monotonic(),
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+        )
     spans = {}
     for name, (t0, proc) in procs.items():
         out, _ = proc.communicate(timeout=300)
@@ -136,13 +148,18 @@ def test_two_procedures_write_to_one_repo_at_once(postgres_url, tmp_path):
         assert summary["calibrations"]["bias"]["certified"]
         assert summary["calibrations"]["bias"]["decision"] == "pass"
         n_det = len(cfg.get("detectors", [0]))
-        refs = butler.query_datasets("bias", collections=cfg["calib_collection"], instrument=name,
-                                     find_first=False, explain=False)
+        refs = butler.query_datasets(
+            "bias", collections=cfg["calib_collection"], instrument=name, find_first=False, explain=False
+        )
         assert len(refs) == n_det
         chain = butler.collections.get_info(f"{name}/calib")
         assert cfg["calib_collection"] in chain.children
-        exposures = {r.dataId["exposure"] for r in butler.query_datasets(
-            "raw", collections=f"{name}/raw/all", instrument=name, explain=False)}
+        exposures = {
+            r.dataId["exposure"]
+            for r in butler.query_datasets(
+                "raw", collections=f"{name}/raw/all", instrument=name, explain=False
+            )
+        }
         assert len(exposures) == cfg["n_bias"]
 
 
@@ -157,13 +174,23 @@ def race_repo(postgres_url, tmp_path_factory):
     root = tmp_path_factory.mktemp("race") / "repo"
     butler = create_repo(root, registry_db=url)
     butler.registry.registerDatasetType(
-        DatasetType("defects", ("instrument", "detector"), "ArrowAstropy", universe=butler.dimensions,
-                    isCalibration=True)
+        DatasetType(
+            "defects",
+            ("instrument", "detector"),
+            "ArrowAstropy",
+            universe=butler.dimensions,
+            isCalibration=True,
+        )
     )
     for i, run in enumerate(("race/a", "race/b", "race/c", "race/d")):
         butler.collections.register(run)
-        butler.put(defects_algo.boxes_to_table([[10 + i, 0, 1, 250]], shape=(500, 512)), "defects",
-                   instrument="LATISS", detector=0, run=run)
+        butler.put(
+            defects_algo.boxes_to_table([[10 + i, 0, 1, 250]], shape=(500, 512)),
+            "defects",
+            instrument="LATISS",
+            detector=0,
+            run=run,
+        )
     return root
 
 
@@ -185,9 +212,15 @@ def _race(root: Path, monkeypatch, jobs: dict[str, tuple[str, str]], calib: str)
     def work(run: str, begin: str, end: str) -> None:
         butler = Butler.from_config(str(root), writeable=True)
         try:
-            outcome[run] = certify_calibration(butler, dataset_type="defects", run=run,
-                                               calib_collection=calib, begin=begin, end=end,
-                                               chain="LATISS/calib")
+            outcome[run] = certify_calibration(
+                butler,
+                dataset_type="defects",
+                run=run,
+                calib_collection=calib,
+                begin=begin,
+                end=end,
+                chain="LATISS/calib",
+            )
         except Exception as err:  # noqa: BLE001 - the test inspects it
             outcome[run] = err
 
@@ -201,19 +234,26 @@ def _race(root: Path, monkeypatch, jobs: dict[str, tuple[str, str]], calib: str)
 
 def test_concurrent_overlapping_certifications_one_wins(race_repo, monkeypatch):
     calib = "LATISS/calib/race"
-    outcome = _race(race_repo, monkeypatch,
-                    {"race/a": ("2020-01-01", "2030-01-01"), "race/b": ("2025-01-01", "2035-01-01")}, calib)
+    outcome = _race(
+        race_repo,
+        monkeypatch,
+        {"race/a": ("2020-01-01", "2030-01-01"), "race/b": ("2025-01-01", "2035-01-01")},
+        calib,
+    )
     winners = [run for run, res in outcome.items() if not isinstance(res, Exception)]
     losers = {run: res for run, res in outcome.items() if isinstance(res, Exception)}
     assert len(winners) == 1 and len(losers) == 1, outcome
-    (loser, err), = losers.items()
+    ((loser, err),) = losers.items()
     assert isinstance(err, CertificationConflict), repr(err)
     assert "overlapping validity range" in str(err) and "nothing was certified" in str(err)
     assert calib in str(err)
     # The registry holds the winner's certification only.
     butler = Butler.from_config(str(race_repo))
-    assocs = list(butler.registry.queryDatasetAssociations(
-        "defects", collections=[calib], collectionTypes={CollectionType.CALIBRATION}))
+    assocs = list(
+        butler.registry.queryDatasetAssociations(
+            "defects", collections=[calib], collectionTypes={CollectionType.CALIBRATION}
+        )
+    )
     assert [a.ref.run for a in assocs] == winners
     assert outcome[winners[0]].n_certified == 1
     assert butler.collections.get_info("LATISS/calib").children[0] == calib
@@ -221,11 +261,18 @@ def test_concurrent_overlapping_certifications_one_wins(race_repo, monkeypatch):
 
 def test_concurrent_disjoint_certifications_both_succeed(race_repo, monkeypatch):
     calib = "LATISS/calib/race_disjoint"
-    outcome = _race(race_repo, monkeypatch,
-                    {"race/c": ("2020-01-01", "2025-01-01"), "race/d": ("2025-01-01", "2030-01-01")}, calib)
+    outcome = _race(
+        race_repo,
+        monkeypatch,
+        {"race/c": ("2020-01-01", "2025-01-01"), "race/d": ("2025-01-01", "2030-01-01")},
+        calib,
+    )
     assert all(not isinstance(res, Exception) for res in outcome.values()), outcome
     butler = Butler.from_config(str(race_repo))
-    assocs = list(butler.registry.queryDatasetAssociations(
-        "defects", collections=[calib], collectionTypes={CollectionType.CALIBRATION}))
+    assocs = list(
+        butler.registry.queryDatasetAssociations(
+            "defects", collections=[calib], collectionTypes={CollectionType.CALIBRATION}
+        )
+    )
     assert sorted(a.ref.run for a in assocs) == ["race/c", "race/d"]
     assert list(butler.collections.get_info("LATISS/calib").children).count(calib) == 1

@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import yaml
 from lsst.cpcombined.script.runner import run_procedure
 from lsst.daf.butler import Butler
@@ -153,15 +152,27 @@ def test_killed_run_resumes_without_duplicates(tmp_path):
         "instrument": "LATISS",
         "script_mode": "BIAS_DARK",
         "generate_calibrations": True,
-        "n_bias": 5, "n_dark": 4, "exp_times_dark": 10,
+        "n_bias": 5,
+        "n_dark": 4,
+        "exp_times_dark": 10,
         "simulation": SMALL,
     }
     path = _write(tmp_path, "c.yaml", config)
     repo = tmp_path / "repo"
-    cmd = [sys.executable, "-m", "lsst.cpcombined.cli.main", "run", str(path), "--repo", str(repo),
-           "--summary-json", str(tmp_path / "s.json")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "lsst.cpcombined.cli.main",
+        "run",
+        str(path),
+        "--repo",
+        str(repo),
+        "--summary-json",
+        str(tmp_path / "s.json"),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     # Kill it once the bias is certified and the darks are being processed.
     deadline = time.monotonic() + 300
     killed = False
@@ -187,7 +198,8 @@ def test_killed_run_resumes_without_duplicates(tmp_path):
     # Every generated dataset exists once in the final output chains.
     for label in ("cpBias", "cpDark"):
         chain = summary.calibrations["bias" if label == "cpBias" else "dark"].generated_collection
-        refs = butler.query_datasets("bias" if label == "cpBias" else "dark", collections=chain,
-                                     find_first=False, explain=False)
+        refs = butler.query_datasets(
+            "bias" if label == "cpBias" else "dark", collections=chain, find_first=False, explain=False
+        )
         own = [r for r in refs if r.run.startswith(chain)]
         assert len(own) == 1, (label, [r.run for r in refs])

@@ -29,8 +29,20 @@ class FakeCamera:
         self.calls: list[tuple] = []
         self.delay = delay
 
-    async def take_imgtype(self, imgtype, exptime, n, *, group_id, note="", program="", reason="", filter=None,
-                           discard=False, index=None):
+    async def take_imgtype(
+        self,
+        imgtype,
+        exptime,
+        n,
+        *,
+        group_id,
+        note="",
+        program="",
+        reason="",
+        filter=None,
+        discard=False,
+        index=None,
+    ):
         await asyncio.sleep(self.delay)
         self.calls.append((imgtype, exptime, n, discard, time.monotonic()))
         return [next(self.ids) for _ in range(n)]
@@ -60,14 +72,21 @@ class FakePipelines:
         job = self.jobs[job_id]
         job["end"] = time.monotonic()
         if self.fail_on and self.fail_on in job["pipeline"]:
-            return JobResult(jobId=job_id, phase=self.phase, exit_code=1,
-                             errors=["Exception CpInputError: exposure 1 is a DARK, not a BIAS"])
+            return JobResult(
+                jobId=job_id,
+                phase=self.phase,
+                exit_code=1,
+                errors=["Exception CpInputError: exposure 1 is a DARK, not a BIAS"],
+            )
         return JobResult(jobId=job_id, phase="completed", exit_code=0, output_collection=f"u/ocps/{job_id}")
 
 
 def _core(repo_root, camera=None, pipelines=None):
     return MakeCalibrationsCore(
-        "LATISS", camera=camera or FakeCamera(), raw_waiter=FakeWaiter(), pipelines=pipelines or FakePipelines()
+        "LATISS",
+        camera=camera or FakeCamera(),
+        raw_waiter=FakeWaiter(),
+        pipelines=pipelines or FakePipelines(),
     )
 
 
@@ -82,21 +101,39 @@ def _core(repo_root, camera=None, pipelines=None):
         ({"script_mode": "FLATS"}, "'FLATS' is not one of"),
         ({"script_mode": "BIAS", "do_ptc": True}, "do_ptc needs script_mode BIAS_DARK_FLAT"),
         ({"script_mode": "BIAS_DARK", "do_defects": True}, "do_defects needs script_mode BIAS_DARK_FLAT"),
-        ({"script_mode": "BIAS_DARK", "n_dark": 3, "exp_times_dark": [10, 20]},
-         "exp_times_dark has 2 values but n_dark + n_discard_dark = 4"),
-        ({"script_mode": "BIAS_DARK_FLAT", "n_flat": 2, "n_discard_flat": 0, "exp_times_flat": [1, 2, 3]},
-         "exp_times_flat has 3 values"),
+        (
+            {"script_mode": "BIAS_DARK", "n_dark": 3, "exp_times_dark": [10, 20]},
+            "exp_times_dark has 2 values but n_dark + n_discard_dark = 4",
+        ),
+        (
+            {"script_mode": "BIAS_DARK_FLAT", "n_flat": 2, "n_discard_flat": 0, "exp_times_flat": [1, 2, 3]},
+            "exp_times_flat has 3 values",
+        ),
         ({"script_mode": "BIAS", "n_bias": 0}, "n_bias: 0 is less than the minimum of 1"),
         ({"script_mode": "BIAS", "n_bias": "20"}, "n_bias: '20' is not of type 'integer'"),
         ({"script_mode": "BIAS_DARK", "exp_times_dark": -5}, "exp_times_dark"),
         ({"script_mode": "BIAS", "detectors": [3]}, "detectors.0: 3 is not one of [0]"),
         ({"script_mode": "BIAS", "filter": "SDSSq~empty"}, "filter: 'SDSSq~empty' is not one of"),
-        ({"script_mode": "BIAS", "certify_calib_begin_date": "2030-01-01",
-          "certify_calib_end_date": "2020-01-01"}, "is not after"),
-        ({"script_mode": "BIAS", "certify_calib_end_date": "next week"}, "certify_calib_end_date 'next week' is not a date"),
-        ({"script_mode": "BIAS", "generate_calibrations": False, "do_verify": False}, "nothing would be done"),
-        ({"script_mode": "BIAS_DARK_FLAT", "do_ptc": True, "exp_times_flat": 5},
-         "do_ptc needs flats at several exposure times"),
+        (
+            {
+                "script_mode": "BIAS",
+                "certify_calib_begin_date": "2030-01-01",
+                "certify_calib_end_date": "2020-01-01",
+            },
+            "is not after",
+        ),
+        (
+            {"script_mode": "BIAS", "certify_calib_end_date": "next week"},
+            "certify_calib_end_date 'next week' is not a date",
+        ),
+        (
+            {"script_mode": "BIAS", "generate_calibrations": False, "do_verify": False},
+            "nothing would be done",
+        ),
+        (
+            {"script_mode": "BIAS_DARK_FLAT", "do_ptc": True, "exp_times_flat": 5},
+            "do_ptc needs flats at several exposure times",
+        ),
     ],
 )
 def test_configure_rejects(config, message):
@@ -126,15 +163,26 @@ def test_schema_defaults_per_instrument():
     assert comcam["detectors"]["default"] == list(range(9))
     assert latiss["detectors"]["default"] == [0]
     assert latiss["number_verification_tests_threshold_flat"]["default"] == 8
-    cfg = validate_config({"script_mode": "BIAS_DARK", "n_dark": 2, "n_discard_dark": 1, "exp_times_dark": [3, 4, 5]})
+    cfg = validate_config(
+        {"script_mode": "BIAS_DARK", "n_dark": 2, "n_discard_dark": 1, "exp_times_dark": [3, 4, 5]}
+    )
     assert cfg.exposure_times("dark") == [3.0, 4.0, 5.0]
     assert cfg.exposure_times("bias") == [0.0] * 21
 
 
 def test_set_metadata_duration(tmp_path):
     core = _core(tmp_path)
-    asyncio.run(core.configure({"script_mode": "BIAS_DARK", "n_bias": 5, "n_dark": 5, "exp_times_dark": 30,
-                                "repo": str(tmp_path)}))
+    asyncio.run(
+        core.configure(
+            {
+                "script_mode": "BIAS_DARK",
+                "n_bias": 5,
+                "n_dark": 5,
+                "exp_times_dark": 30,
+                "repo": str(tmp_path),
+            }
+        )
+    )
     md = types.SimpleNamespace()
     core.set_metadata(md)
     # At least the exposure time of the darks plus read-out of every frame.
@@ -147,8 +195,17 @@ def test_set_metadata_duration(tmp_path):
 def test_failed_job_fails_script_with_its_error(repo, tmp_path):
     pipelines = FakePipelines(fail_on="cpBias")
     core = _core(tmp_path, pipelines=pipelines)
-    asyncio.run(core.configure({"script_mode": "BIAS_DARK", "n_bias": 3, "n_dark": 3, "generate_calibrations": True,
-                                "repo": str(tmp_path / "repo")}))
+    asyncio.run(
+        core.configure(
+            {
+                "script_mode": "BIAS_DARK",
+                "n_bias": 3,
+                "n_dark": 3,
+                "generate_calibrations": True,
+                "repo": str(tmp_path / "repo"),
+            }
+        )
+    )
     with pytest.raises(ProcedureError) as err:
         asyncio.run(core.run())
     assert "cpBias job job1 error" in str(err.value)
@@ -164,8 +221,16 @@ def test_failed_job_fails_script_with_its_error(repo, tmp_path):
 def test_timed_out_job_fails_script(repo, tmp_path):
     pipelines = FakePipelines(fail_on="verifyBias", phase="aborted")
     core = _core(tmp_path, pipelines=pipelines)
-    asyncio.run(core.configure({"script_mode": "BIAS", "n_bias": 2, "generate_calibrations": False,
-                                "repo": str(tmp_path / "repo")}))
+    asyncio.run(
+        core.configure(
+            {
+                "script_mode": "BIAS",
+                "n_bias": 2,
+                "generate_calibrations": False,
+                "repo": str(tmp_path / "repo"),
+            }
+        )
+    )
     with pytest.raises(ProcedureError, match="verifyBias job job1 aborted"):
         asyncio.run(core.run())
 
@@ -174,8 +239,17 @@ def test_processing_overlaps_next_acquisition(repo, tmp_path):
     camera = FakeCamera(delay=0.05)
     pipelines = FakePipelines(delay=0.5)
     core = _core(tmp_path, camera=camera, pipelines=pipelines)
-    asyncio.run(core.configure({"script_mode": "BIAS_DARK", "n_bias": 2, "n_dark": 4, "generate_calibrations": False,
-                                "repo": str(tmp_path / "repo")}))
+    asyncio.run(
+        core.configure(
+            {
+                "script_mode": "BIAS_DARK",
+                "n_bias": 2,
+                "n_dark": 4,
+                "generate_calibrations": False,
+                "repo": str(tmp_path / "repo"),
+            }
+        )
+    )
     with pytest.raises(ProcedureError):
         # The fake verification writes no decision dataset, so reading it
         # fails; by then the dark acquisition has run concurrently.
@@ -302,7 +376,9 @@ def test_local_service_modes_and_arguments(tmp_path):
 
     config = "-j 4 -i LATISS/raw/all -o out/x --register-dataset-types"
     for mode, keeps_j in (("inprocess", False), ("workers", False), ("subprocess", True)):
-        args, output = local.LocalPipelineService(tmp_path, mode=mode).build_args("p.yaml", config, "q", "job")
+        args, output = local.LocalPipelineService(tmp_path, mode=mode).build_args(
+            "p.yaml", config, "q", "job"
+        )
         assert output == "out/x"
         assert ("-j" in args) is keeps_j, (mode, args)
         assert args[args.index("-d") + 1] == "q" and args[args.index("-b") + 1] == str(tmp_path)
@@ -330,19 +406,38 @@ def test_registry_calls_run_on_one_thread_one_at_a_time(repo, tmp_path, monkeypa
                 return func(*args, **kwargs)
             finally:
                 calls.append((name, threading.current_thread().name, t0, time.monotonic()))
+
         return wrapper
 
-    monkeypatch.setattr(core_module, "collection_exists", recorded("exists", core_module.collection_exists, 0.02))
+    monkeypatch.setattr(
+        core_module, "collection_exists", recorded("exists", core_module.collection_exists, 0.02)
+    )
+
     def fake_certify(*args, dataset_type, run, calib_collection, begin, end, **kwargs):
         return certify_module.CertifyResult(
-            dataset_type=dataset_type, run=run, calib_collection=calib_collection, begin=str(begin), end=str(end),
-            certified=(), already_certified=(),
+            dataset_type=dataset_type,
+            run=run,
+            calib_collection=calib_collection,
+            begin=str(begin),
+            end=str(end),
+            certified=(),
+            already_certified=(),
         )
 
     monkeypatch.setattr(certify_module, "certify_calibration", recorded("certify", fake_certify, 0.3))
     core = _core(tmp_path, pipelines=FakePipelines(delay=0.05))
-    asyncio.run(core.configure({"script_mode": "BIAS_DARK", "n_bias": 2, "n_dark": 2, "generate_calibrations": True,
-                                "do_verify": False, "repo": str(tmp_path / "repo")}))
+    asyncio.run(
+        core.configure(
+            {
+                "script_mode": "BIAS_DARK",
+                "n_bias": 2,
+                "n_dark": 2,
+                "generate_calibrations": True,
+                "do_verify": False,
+                "repo": str(tmp_path / "repo"),
+            }
+        )
+    )
     try:
         asyncio.run(core.run())
     finally:
@@ -352,7 +447,9 @@ def test_registry_calls_run_on_one_thread_one_at_a_time(repo, tmp_path, monkeypa
     assert names.count("certify") == 2 and "exists" in names
     assert {c[1] for c in calls} == {"cpcombined-registry_0"}
     spans = sorted((c[2], c[3]) for c in calls)
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), "registry calls overlapped"
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False)), (
+        "registry calls overlapped"
+    )
 
 
 def test_child_of_a_parent_already_gone_ends_at_once():
@@ -371,13 +468,14 @@ def test_child_of_a_parent_already_gone_ends_at_once():
     )
     same = subprocess.run([sys.executable, "-c", code, "0"], capture_output=True, text=True, timeout=120)
     assert same.returncode == 0 and same.stdout.strip() == "alive"
-    gone = subprocess.run([sys.executable, "-c", code, "1000000"], capture_output=True, text=True, timeout=120)
+    gone = subprocess.run(
+        [sys.executable, "-c", code, "1000000"], capture_output=True, text=True, timeout=120
+    )
     assert gone.returncode == -9 and "alive" not in gone.stdout
 
 
 def test_schema_command_prints_yaml_that_reads_back(capsys):
     import yaml
-
     from lsst.cpcombined.cli.main import main as cli_main
     from lsst.cpcombined.script.schema import get_schema
 

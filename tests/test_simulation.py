@@ -39,7 +39,7 @@ def test_exposure_records(repo):
     # Sequential, non-overlapping exposures with consecutive sequence numbers.
     ordered = [recs[e] for e in biases + flats]
     assert [r.seq_num for r in ordered] == list(range(ordered[0].seq_num, ordered[0].seq_num + 4))
-    for a, b in zip(ordered, ordered[1:]):
+    for a, b in zip(ordered, ordered[1:], strict=False):
         assert a.timespan.end < b.timespan.begin
 
 
@@ -84,14 +84,36 @@ def test_overscan_read_noise_and_gain_match_truth(repo):
 
 
 def test_faults_only_in_imaging_area(repo):
-    truth = SimulationTruth("LSSTComCam", {
-        **SMALL, "overscan": {"row_jitter_adu": 0.0, "level_drift_adu": 0.0},
-        "faults": [
-            {"image_type": "bias", "exposures": [1], "detectors": [4], "amplifiers": ["C10"], "imaging_offset_adu": 40},
-            {"image_type": "bias", "exposures": [1], "detectors": ["R22_S11"], "amplifiers": ["C00"], "nan": True},
-            {"image_type": "bias", "exposures": [1], "detectors": [4], "amplifiers": ["C05"], "saturate": True},
-        ],
-    })
+    truth = SimulationTruth(
+        "LSSTComCam",
+        {
+            **SMALL,
+            "overscan": {"row_jitter_adu": 0.0, "level_drift_adu": 0.0},
+            "faults": [
+                {
+                    "image_type": "bias",
+                    "exposures": [1],
+                    "detectors": [4],
+                    "amplifiers": ["C10"],
+                    "imaging_offset_adu": 40,
+                },
+                {
+                    "image_type": "bias",
+                    "exposures": [1],
+                    "detectors": ["R22_S11"],
+                    "amplifiers": ["C00"],
+                    "nan": True,
+                },
+                {
+                    "image_type": "bias",
+                    "exposures": [1],
+                    "detectors": [4],
+                    "amplifiers": ["C05"],
+                    "saturate": True,
+                },
+            ],
+        },
+    )
     cam = SimulatedCamera(repo, truth, detectors=[3, 4])
     (discard,) = cam.take("bias", [0.0], discard=True)
     clean, faulty = cam.take("bias", [0.0, 0.0])
@@ -100,7 +122,9 @@ def test_faults_only_in_imaging_area(repo):
     other = _raw(repo, "LSSTComCam", faulty, 3)
     g = a.geometry("C10")
     diff_data = b.amp_array("C10")[g.raw_data].mean() - a.amp_array("C10")[g.raw_data].mean()
-    diff_os = b.amp_array("C10")[g.raw_serial_overscan].mean() - a.amp_array("C10")[g.raw_serial_overscan].mean()
+    diff_os = (
+        b.amp_array("C10")[g.raw_serial_overscan].mean() - a.amp_array("C10")[g.raw_serial_overscan].mean()
+    )
     assert diff_data == pytest.approx(40, abs=1.0)
     assert diff_os == pytest.approx(0, abs=1.0)
     assert np.isnan(b.amp_array("C00")[g.raw_data]).all()
@@ -147,8 +171,24 @@ def test_cli_init_simulate_query(tmp_path, capsys):
     root = str(tmp_path / "cli_repo")
     assert cpcombined(["init", root]) == 0
     capsys.readouterr()
-    rc = cpcombined(["simulate", root, "--instrument", "LATISS", "--image-type", "dark", "--count", "2",
-                     "--exp-time", "30", "--geometry-scale", "0.125", "--seed", "3"])
+    rc = cpcombined(
+        [
+            "simulate",
+            root,
+            "--instrument",
+            "LATISS",
+            "--image-type",
+            "dark",
+            "--count",
+            "2",
+            "--exp-time",
+            "30",
+            "--geometry-scale",
+            "0.125",
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == 0
     ids = [int(x) for x in capsys.readouterr().out.split()]
     assert len(ids) == 2
@@ -159,7 +199,9 @@ def test_cli_init_simulate_query(tmp_path, capsys):
     out = CliRunner().invoke(butler_cli, ["query-dimension-records", root, "exposure"])
     assert out.exit_code == 0 and out.output.count("DARK") == 2  # target_name of each dark
     # Bad input gives an error message and a non-zero exit, not a traceback.
-    assert cpcombined(["simulate", root, "--instrument", "LATISS", "--image-type", "flat", "--count", "1"]) == 1
+    assert (
+        cpcombined(["simulate", root, "--instrument", "LATISS", "--image-type", "flat", "--count", "1"]) == 1
+    )
     assert "--exp-time is required" in capsys.readouterr().err
 
 

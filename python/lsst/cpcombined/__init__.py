@@ -21,7 +21,7 @@ except ImportError:
     except PackageNotFoundError:
         __version__ = "unknown"
 
-__all__ = ("LATISS", "LSSTComCam", "get_instrument")
+__all__ = ("LATISS", "LSSTComCam", "get_instrument")  # noqa: F405 (lazy, see __getattr__)
 
 
 def __getattr__(name: str) -> Any:

@@ -115,7 +115,7 @@ def _ingest_args(p: argparse.ArgumentParser):
             skip_bad=args.skip_bad,
             allow_odd=args.allow_odd_headers,
         )
-        for path, msg in result.failed.items():
+        for msg in result.failed.values():
             print(f"FAILED {msg}", file=sys.stderr)
         print(
             f"ingested {len(result.ingested)} file(s), {len(result.already_present)} already present, "
@@ -198,7 +198,9 @@ def _simulate_args(p: argparse.ArgumentParser):
 def _certify_args(p: argparse.ArgumentParser):
     p.add_argument("repo")
     p.add_argument("--dataset-type", required=True, help="bias, dark, flat, defects or ptc.")
-    p.add_argument("--run", required=True, help="Collection holding the generated calibration (RUN or CHAINED).")
+    p.add_argument(
+        "--run", required=True, help="Collection holding the generated calibration (RUN or CHAINED)."
+    )
     p.add_argument("--collection", required=True, help="CALIBRATION collection to certify into.")
     p.add_argument("--begin", default="1950-01-01", help="Start of validity (TAI, ISO-8601).")
     p.add_argument("--end", default="2050-01-01", help="End of validity (TAI, ISO-8601, exclusive).")

@@ -493,7 +493,9 @@ def _make_frame_set(camera: CameraDescription, full: AmpLayout) -> CameraFrameSe
     frame_set = ast.FrameSet(fp)
     rad_per_mm = _PLATE_SCALE_ARCSEC_PER_MM.get(camera.instrument, 20.0) * np.pi / (180 * 3600)
     frame_set.addFrame(
-        1, ast.ZoomMap(2, rad_per_mm), ast.Frame(2, "Ident=FIELD_ANGLE,Domain=FIELD_ANGLE,Unit(1)=rad,Unit(2)=rad")
+        1,
+        ast.ZoomMap(2, rad_per_mm),
+        ast.Frame(2, "Ident=FIELD_ANGLE,Domain=FIELD_ANGLE,Unit(1)=rad,Unit(2)=rad"),
     )
     for det in camera.detectors:
         center = ((full.detector_width - 1) / 2, (full.detector_height - 1) / 2)
@@ -530,7 +532,8 @@ def load_camera_description(instrument: str) -> CameraDescription:
                 physical_type=det["physical_type"],
                 offset_mm=tuple(det["offset_mm"]),
                 amplifiers=tuple(
-                    AmplifierNominal(a["name"], float(a["gain"]), float(a["read_noise"])) for a in det["amplifiers"]
+                    AmplifierNominal(a["name"], float(a["gain"]), float(a["read_noise"]))
+                    for a in det["amplifiers"]
                 ),
                 saturation=float(doc["saturation_adu"]),
             )

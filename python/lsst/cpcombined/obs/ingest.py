@@ -49,12 +49,12 @@ __all__ = (
 )
 
 import dataclasses
+import glob
 import hashlib
 import logging
-import glob
 import os
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import astropy.units as u

@@ -466,7 +466,9 @@ class MakeCalibrationsCore:
         self.summary.success = self._all_certified(cfg)
         if not self.summary.success:
             missing = [
-                k for k, v in self.summary.calibrations.items() if self._should_certify(cfg, k) and not v.certified
+                k
+                for k, v in self.summary.calibrations.items()
+                if self._should_certify(cfg, k) and not v.certified
             ]
             self.summary.error = f"not certified: {', '.join(missing)}"
         self.state = ScriptState.DONE
@@ -515,7 +517,9 @@ class MakeCalibrationsCore:
                 for t in cfg.image_types
                 if t in self.summary.calibrations
             )
-        return all(self.summary.calibrations.get(t) and self.summary.calibrations[t].certified for t in requested)
+        return all(
+            self.summary.calibrations.get(t) and self.summary.calibrations[t].certified for t in requested
+        )
 
     async def _step(self, name: str, coro: Awaitable[Any]) -> Any:
         """Run a step, timing it and recording its status (in the summary
@@ -665,14 +669,23 @@ class MakeCalibrationsCore:
             )
             await self._registry(self._set_aside_unrecorded, image_type, progress)
         common = dict(
-            group_id=progress["group"], note=cfg.note, program=cfg.program, reason=cfg.reason, filter=cfg.filter
+            group_id=progress["group"],
+            note=cfg.note,
+            program=cfg.program,
+            reason=cfg.reason,
+            filter=cfg.filter,
         )
 
         async def take() -> list[int]:
             for i in range(progress["taken"], len(times)):
                 discard = i < n_discard
                 ids = await self.camera.take_imgtype(
-                    image_type.upper(), times[i], 1, discard=discard, index=i if discard else i - n_discard, **common
+                    image_type.upper(),
+                    times[i],
+                    1,
+                    discard=discard,
+                    index=i if discard else i - n_discard,
+                    **common,
                 )
                 progress["ids"].extend(ids)
                 if not discard:
@@ -697,8 +710,12 @@ class MakeCalibrationsCore:
         when none is recorded)."""
         recorded = (self.state_store.get("acquiring", {}) if self.state_store else {}).get(image_type)
         if recorded:
-            return {"group": recorded["group"], "taken": int(recorded["taken"]),
-                    "ids": list(recorded["ids"]), "kept": list(recorded["kept"])}
+            return {
+                "group": recorded["group"],
+                "taken": int(recorded["taken"]),
+                "ids": list(recorded["ids"]),
+                "kept": list(recorded["kept"]),
+            }
         group = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         return {"group": group, "taken": 0, "ids": [], "kept": []}
 
@@ -741,14 +758,18 @@ class MakeCalibrationsCore:
         done = jobs_state.get(label)
         if done and done.get("ok"):
             self.progress(f"{label}: already done before the restart ({done['output']})")
-            return JobResult(jobId=done["job_id"], phase="completed", exit_code=0, output_collection=done["output"])
+            return JobResult(
+                jobId=done["job_id"], phase="completed", exit_code=0, output_collection=done["output"]
+            )
         if done and not done.get("ok"):
             await self._registry(self._remove_partial_output, done["output"])
         inputs = await self._registry(self._existing_collections, inputs)
         config = f"-j {cfg.n_processes} -i {','.join(inputs)} -o {output} --register-dataset-types {options}".strip()
         timeout = max(
             120.0,
-            cfg.background_task_timeout * max(1, len(exposures)) * math.ceil(len(cfg.detectors) / cfg.n_processes),
+            cfg.background_task_timeout
+            * max(1, len(exposures))
+            * math.ceil(len(cfg.detectors) / cfg.n_processes),
         )
 
         async def run() -> JobResult:
@@ -879,7 +900,9 @@ class MakeCalibrationsCore:
         outcome = self._outcome(image_type)
         await self._certify(image_type, outcome.generated_collection, outcome)
 
-    async def _certify(self, calib_type: str, run_collection: str | None, outcome: CalibrationOutcome) -> None:
+    async def _certify(
+        self, calib_type: str, run_collection: str | None, outcome: CalibrationOutcome
+    ) -> None:
         from ..repo.certify import certify_calibration
 
         cfg = self._require_config()

@@ -420,7 +420,9 @@ class LocalPipelineService:
             return -1, [str(err)]
         except asyncio.CancelledError:
             _LOG.warning(
-                "Killing the pipetask worker writing %s (pid %s): its procedure stopped.", job.output, worker.pid
+                "Killing the pipetask worker writing %s (pid %s): its procedure stopped.",
+                job.output,
+                worker.pid,
             )
             worker.kill()
             raise

@@ -106,7 +106,9 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
         raise ConfigError(f"{path}: 'simulation' and 'execution' must be mappings")
     unknown = set(execution) - _EXECUTION_KEYS
     if unknown:
-        raise ConfigError(f"{path}: unknown execution keys {sorted(unknown)}; allowed: {sorted(_EXECUTION_KEYS)}")
+        raise ConfigError(
+            f"{path}: unknown execution keys {sorted(unknown)}; allowed: {sorted(_EXECUTION_KEYS)}"
+        )
     mode = execution.get("pipeline_mode", "inprocess")
     if mode not in _PIPELINE_MODES:
         raise ConfigError(
@@ -163,7 +165,9 @@ def _check_writable_file(path: str | os.PathLike, what: str) -> Path:
         raise PreflightError(f"{what} {out}: {parent} is not a directory")
     target = out if out.exists() else parent
     if not os.access(target, os.W_OK):
-        raise PreflightError(f"{what} {out} cannot be written ({target} is not writable): choose another path")
+        raise PreflightError(
+            f"{what} {out} cannot be written ({target} is not writable): choose another path"
+        )
     return out
 
 

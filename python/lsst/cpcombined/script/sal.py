@@ -15,7 +15,6 @@ from __future__ import annotations
 
 __all__ = ("MakeComCamCalibrations", "MakeLATISSCalibrations", "ObservatoryCamera", "OcpsPipelineService")
 
-import asyncio
 import json
 import time
 import types
@@ -86,7 +85,11 @@ class OcpsPipelineService:
                 continue
             cleaned.append(tok)
         ack = await self._ocps.cmd_execute.set_start(
-            wait_done=False, pipeline=pipeline, version=version, config=" ".join(cleaned), data_query=data_query
+            wait_done=False,
+            pipeline=pipeline,
+            version=version,
+            config=" ".join(cleaned),
+            data_query=data_query,
         )
         ack = await self._ocps.cmd_execute.next_ackcmd(ack, wait_done=False)
         job_id = str(json.loads(ack.result)["job_id"])
@@ -98,10 +101,12 @@ class OcpsPipelineService:
         while job_id not in self._results:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return JobResult(jobId=job_id, phase="aborted", exit_code=-1, errors=[f"no job_result after {timeout:g} s"])
+                return JobResult(
+                    jobId=job_id, phase="aborted", exit_code=-1, errors=[f"no job_result after {timeout:g} s"]
+                )
             try:
                 msg = await self._ocps.evt_job_result.next(flush=False, timeout=remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             payload = json.loads(msg.result)
             self._results[str(payload.get("jobId"))] = payload
@@ -133,7 +138,9 @@ class _BaseMakeCalibrations(salobj.BaseScript):
         self.core = MakeCalibrationsCore(
             self.instrument_name,
             camera=ObservatoryCamera(self.control, self.instrument_name),
-            raw_waiter=ButlerRawWaiter(values.get("repo", f"/repo/{self.instrument_name}"), self.instrument_name),
+            raw_waiter=ButlerRawWaiter(
+                values.get("repo", f"/repo/{self.instrument_name}"), self.instrument_name
+            ),
             pipelines=OcpsPipelineService(self.ocps),
             checkpoint=self.checkpoint,
             pipelines_dir="${CPCOMBINED_DIR}/pipelines",

@@ -408,11 +408,19 @@ def validate_config(config: Mapping[str, Any] | None, instrument: str = "LATISS"
         except ValueError as err:
             problems.append(str(err))
         if values["do_defects"] and not values["generate_calibrations"]:
-            problems.append("do_defects needs generate_calibrations: true (defects use the new dark and flat)")
+            problems.append(
+                "do_defects needs generate_calibrations: true (defects use the new dark and flat)"
+            )
         if not values["generate_calibrations"] and not values["do_verify"]:
             problems.append("generate_calibrations and do_verify are both false: nothing would be done")
-        if values["script_mode"] == "DARK" and values["generate_calibrations"] and not values["input_collections_dark"]:
-            problems.append("script_mode DARK generates a dark from a bias found in input_collections_dark, which is empty")
+        if (
+            values["script_mode"] == "DARK"
+            and values["generate_calibrations"]
+            and not values["input_collections_dark"]
+        ):
+            problems.append(
+                "script_mode DARK generates a dark from a bias found in input_collections_dark, which is empty"
+            )
         if not str(values["calib_collection"]).strip():
             problems.append("calib_collection is empty")
     if problems:

@@ -56,7 +56,9 @@ class RunInProgress(RuntimeError):
     """Another run holds the repository."""
 
 
-def config_key(instrument: str, config: Mapping[str, Any], simulation: Mapping[str, Any] | None = None) -> str:
+def config_key(
+    instrument: str, config: Mapping[str, Any], simulation: Mapping[str, Any] | None = None
+) -> str:
     """Stable key of a run configuration (same configuration → same key).
 
     The repository location is not part of the key, so a moved or copied
@@ -113,7 +115,9 @@ class RunState:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise StateFileError(f"run state {path} is not valid JSON ({err.msg}, line {err.lineno}); {fix}") from None
+            raise StateFileError(
+                f"run state {path} is not valid JSON ({err.msg}, line {err.lineno}); {fix}"
+            ) from None
         if not isinstance(data, dict):
             raise StateFileError(f"run state {path} holds a {type(data).__name__}, not a run state; {fix}")
         problems = [
@@ -297,7 +301,9 @@ class RunBook:
                     "configuration file and simulation truth"
                 )
             state.set_status("running")
-            return RunSelection(state, True, f"Resuming run {resume} (was {state.get('status_detail') or 'unfinished'})")
+            return RunSelection(
+                state, True, f"Resuming run {resume} (was {state.get('status_detail') or 'unfinished'})"
+            )
         same = [s for s in self._states() if s.get("config_key") == key]
         unfinished = [s for s in same if s.status in RESUMABLE]
         if unfinished:
@@ -305,7 +311,9 @@ class RunBook:
             how = "stopped" if state.status == "stopped" else "interrupted"
             state.set_status("running")
             return RunSelection(
-                state, True, f"Resuming unfinished run {state.run_id} ({how}; its exposures and finished jobs are reused)"
+                state,
+                True,
+                f"Resuming unfinished run {state.run_id} ({how}; its exposures and finished jobs are reused)",
             )
         run_id = self._new_id()
         state = RunState(

@@ -296,8 +296,10 @@ class SimulatedCamera:
         if image_type == "bias" and any(t != 0 for t in times):
             raise ValueError("biases have zero exposure time")
         if physical_filter is None:
-            physical_filter = self.instrument.default_flat_filter if image_type == "flat" else (
-                "empty~empty" if self.instrument.name == "LATISS" else "empty"
+            physical_filter = (
+                self.instrument.default_flat_filter
+                if image_type == "flat"
+                else ("empty~empty" if self.instrument.name == "LATISS" else "empty")
             )
         self.instrument.filter_band(physical_filter)  # validates the name
         staging = self.staging_dir or Path(tempfile.mkdtemp(prefix="cpsim-"))

@@ -314,7 +314,9 @@ class SimulationTruth:
         if not isinstance(self._detector_response_spec, (int, float, Mapping)) or isinstance(
             self._detector_response_spec, bool
         ):
-            raise TruthError(f"{w}.detector_response must be a number (rms) or a mapping detector -> response")
+            raise TruthError(
+                f"{w}.detector_response must be a number (rms) or a mapping detector -> response"
+            )
 
     # -- construction helpers -------------------------------------------------
 
@@ -353,7 +355,9 @@ class SimulationTruth:
         if not isinstance(value, list) or not all(
             isinstance(v, list) and len(v) in (2, 4) and all(isinstance(x, int) for x in v) for v in value
         ):
-            raise TruthError("simulation.bad_columns must be a list of [detector, x] or [detector, x, y0, y1]")
+            raise TruthError(
+                "simulation.bad_columns must be a list of [detector, x] or [detector, x, y0, y1]"
+            )
         out = []
         for v in value:
             self._check_xy("bad_columns", [v[0], v[1], 0])
@@ -470,7 +474,7 @@ class SimulationTruth:
             xs = rng.integers(0, nx, n_hot)
             ys = rng.integers(0, ny, n_hot)
             rates = np.exp(rng.uniform(np.log(5.0), np.log(100.0), n_hot))
-            hot_list += list(zip(xs.tolist(), ys.tolist(), rates.tolist()))
+            hot_list += list(zip(xs.tolist(), ys.tolist(), rates.tolist(), strict=False))
         for x, y, r in hot_list:
             dark[y, x] = r
             hot[y, x] = True
@@ -485,7 +489,7 @@ class SimulationTruth:
             xs = rng.integers(0, nx, n_cold)
             ys = rng.integers(0, ny, n_cold)
             rel = rng.uniform(0.2, 0.8, n_cold)
-            cold_list += list(zip(xs.tolist(), ys.tolist(), rel.tolist()))
+            cold_list += list(zip(xs.tolist(), ys.tolist(), rel.tolist(), strict=False))
         for x, y, r in cold_list:
             response[y, x] *= r
             cold[y, x] = True

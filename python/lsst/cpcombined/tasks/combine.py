@@ -250,7 +250,9 @@ class CpCombineTask(PipelineTask):
                 f"only {len(handles)} usable input(s) for the {cfg.calibrationType} of {det.name}"
                 f"{' in ' + physical_filter if physical_filter else ''} (minimum {cfg.minInputs})"
             )
-        self.log.info("Combining %d exposures into the %s of %s.", len(handles), cfg.calibrationType, det.name)
+        self.log.info(
+            "Combining %d exposures into the %s of %s.", len(handles), cfg.calibrationType, det.name
+        )
         result = engine.combine(
             [ButlerBlockSource(h, shape) for h in handles],
             method=cfg.method,
@@ -301,7 +303,7 @@ class CpCombineTask(PipelineTask):
                 "darktime": h.get("DARKTIME"),
                 "scale": s,
             }
-            for h, s in zip(headers, scales)
+            for h, s in zip(headers, scales, strict=False)
         ]
         md.update(input_date_metadata(inputs))
         # Camera keys with one value over all inputs (cp_pipe merges its inputs' headers so).

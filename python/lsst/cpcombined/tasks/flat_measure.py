@@ -77,7 +77,9 @@ class CpFlatMeasureTask(PipelineTask):
         layout = AmpLayout.from_detector_shape(image.shape)
         amps: dict[str, float] = {}
         for amp, (ys, xs) in amp_regions(layout).items():
-            amps[amp] = float(clipped_stats(image[ys, xs], mask[ys, xs], bad, self.config.nSigma, self.config.nIter)[0])
+            amps[amp] = float(
+                clipped_stats(image[ys, xs], mask[ys, xs], bad, self.config.nSigma, self.config.nIter)[0]
+            )
         md = inputExp.metadata
         stats: dict[str, Any] = {
             "exposure": int(exposure),

@@ -45,7 +45,9 @@ class CpFlatNormalizeConfig(PipelineTaskConfig, pipelineConnections=CpFlatNormal
         default=0.01,
     )
     rejectSigma = Field(
-        dtype=float, doc="Outlier rejection of (detector, exposure) levels in the fit; 0 disables.", default=5.0
+        dtype=float,
+        doc="Outlier rejection of (detector, exposure) levels in the fit; 0 disables.",
+        default=5.0,
     )
 
 
@@ -95,7 +97,10 @@ class CpFlatNormalizeTask(PipelineTask):
                 reason = f"{100 * s['sat_fraction']:.1f}% saturated on detector {s['detector']}"
                 if str(s["exposure"]) not in excluded:
                     self.log.warning(
-                        "Leaving flat %s (%s) out of the normalisation: %s.", s["exposure"], s.get("obsid"), reason
+                        "Leaving flat %s (%s) out of the normalisation: %s.",
+                        s["exposure"],
+                        s.get("obsid"),
+                        reason,
                     )
                 excluded[str(s["exposure"])] = reason
         levels = {
@@ -106,19 +111,22 @@ class CpFlatNormalizeTask(PipelineTask):
         if not levels:
             raise CpInputError("every flat is saturated: nothing to normalise")
         matrix, dets, exps = build_level_matrix(levels)
-        solution = solve_focal_plane_normalization(
-            matrix, reject_sigma=self.config.rejectSigma or None
-        )
+        solution = solve_focal_plane_normalization(matrix, reject_sigma=self.config.rejectSigma or None)
         self.log.info(
-            "Normalised %d flats over %d detectors (log-residual rms %.2g).", len(exps), len(dets), solution.rms
+            "Normalised %d flats over %d detectors (log-residual rms %.2g).",
+            len(exps),
+            len(dets),
+            solution.rms,
         )
-        scales = {str(e): float(v) for e, v in zip(exps, solution.exposure_scale)}
+        scales = {str(e): float(v) for e, v in zip(exps, solution.exposure_scale, strict=False)}
         for e in excluded:
             scales[e] = float("nan")
         result = {
             "physical_filter": distinct[0] if len(distinct) == 1 else None,
             "exposure_scales": scales,
-            "detector_response": {str(d): float(v) for d, v in zip(dets, solution.detector_response)},
+            "detector_response": {
+                str(d): float(v) for d, v in zip(dets, solution.detector_response, strict=False)
+            },
             "rms": float(solution.rms),
             "n_rejected": int(np.count_nonzero(solution.rejected)),
             "excluded": excluded,

@@ -151,7 +151,9 @@ class CpIsrConfig(PipelineTaskConfig, pipelineConnections=CpIsrConnections):
     doDark = Field(dtype=bool, doc="Subtract the combined dark scaled by the dark time.", default=False)
     doFlat = Field(dtype=bool, doc="Divide by the combined flat.", default=False)
     doDefects = Field(dtype=bool, doc="Mask (BAD) and interpolate (INTRP) known defects.", default=False)
-    doCosmicRays = Field(dtype=bool, doc="Find cosmic rays and set the CR mask plane (no repair).", default=False)
+    doCosmicRays = Field(
+        dtype=bool, doc="Find cosmic rays and set the CR mask plane (no repair).", default=False
+    )
     crNSigma = Field(dtype=float, doc="Cosmic-ray detection threshold (sigma).", default=6.0)
     crGrow = Field(dtype=int, doc="Pixels by which cosmic-ray masks are grown.", default=2)
     crMaxPixels = Field(
@@ -250,9 +252,7 @@ class CpIsrTask(PipelineTask):
             defects = defects[0] if defects else None
         det = get_instrument(instrument).camera_description[detector]
         gains = {a.name: a.gain for a in det.amplifiers}
-        saturation = (
-            self.config.saturation if not math.isnan(self.config.saturation) else det.saturation
-        )
+        saturation = self.config.saturation if not math.isnan(self.config.saturation) else det.saturation
         calib: dict[str, Any] = {}
         if self.config.doBias:
             calib["bias"] = _calib_frame(bias, "bias")
@@ -276,11 +276,14 @@ class CpIsrTask(PipelineTask):
         image, variance, mask = result.image, result.variance, result.mask
         layout = ccdExposure.layout
         regions = amp_regions(layout)
-        for amp, (ys, xs) in regions.items():
+        for amp in regions:
             n_nan = int(result.amp_stats[amp]["n_nan"])
             if n_nan == layout.data_width * layout.data_height:
                 self.log.warning(
-                    "Exposure %s detector %s amp %s is entirely NaN: masked NO_DATA/BAD.", exposure, det.name, amp
+                    "Exposure %s detector %s amp %s is entirely NaN: masked NO_DATA/BAD.",
+                    exposure,
+                    det.name,
+                    amp,
                 )
         if self.config.doDefects and defects is not None:
             defect_mask = defects_algo.table_to_mask(defects, image.shape, clip=True)
@@ -327,7 +330,16 @@ def _exposure_metadata(md: dict[str, Any], exposure: int, detector_name: str) ->
     """Identity and time keys of an exposure, copied to processed outputs."""
     out: dict[str, Any] = {"EXPOSURE": int(exposure), "DETECTOR_NAME": detector_name}
     for key in (
-        "OBSID", "IMGTYPE", "EXPTIME", "DARKTIME", "DATE-BEG", "DATE-OBS", "TIMESYS", "FILTER", "DAYOBS", "SEQNUM",
+        "OBSID",
+        "IMGTYPE",
+        "EXPTIME",
+        "DARKTIME",
+        "DATE-BEG",
+        "DATE-OBS",
+        "TIMESYS",
+        "FILTER",
+        "DAYOBS",
+        "SEQNUM",
         *CAMERA_KEYS,
     ):
         value = md.get(key)

@@ -200,7 +200,7 @@ class CpPtcSolveTask(PipelineTask):
         det = get_instrument(instrument).camera_description[detector]
         table = inputCovariances
         pairs = np.unique(np.asarray(table["pair"]))
-        measured = sorted({int(p) for p, v in zip(table["pair"], table["valid"]) if v})
+        measured = sorted({int(p) for p, v in zip(table["pair"], table["valid"], strict=False) if v})
         if len(measured) < cfg.minPairs:
             raise CpInputError(
                 f"only {len(measured)} measured flat pair(s) for detector {det.name} (of {len(pairs)}; "
@@ -220,7 +220,7 @@ class CpPtcSolveTask(PipelineTask):
             ms = [_measurement(r) for r in sub]
             low = _low_variance(ms, nominal.get(amp, cfg.initialGain), cfg.minShotNoiseRatio)
             # Low-variance pairs enter the fit as saturated (every pair above the lowest one too).
-            ms = [dataclasses.replace(m, sat_fraction=1.0) if lo else m for m, lo in zip(ms, low)]
+            ms = [dataclasses.replace(m, sat_fraction=1.0) if lo else m for m, lo in zip(ms, low, strict=False)]
             res = ptc_algo.fit_ptc_measurements(
                 ms,
                 amp_name=amp,
@@ -254,7 +254,7 @@ class CpPtcSolveTask(PipelineTask):
             self.log.error(
                 "Every amplifier of %s has a bad PTC fit; the ptc is written with all amps flagged: %s",
                 det.name,
-                "; ".join(f"{a}: {r}" for a, r in zip(out["amplifier"], out["reason"])),
+                "; ".join(f"{a}: {r}" for a, r in zip(out["amplifier"], out["reason"], strict=False)),
             )
         md = calib_identity(
             "PTC",
@@ -280,7 +280,7 @@ class CpPtcSolveTask(PipelineTask):
             n_pairs=int(np.asarray(out["means"]).shape[1]),
             cov_side=cov_side,
             fit_side=cfg.fullCovarianceRange,
-            bad_amps=[str(a) for a, b in zip(out["amplifier"], out["bad"]) if b],
+            bad_amps=[str(a) for a, b in zip(out["amplifier"], out["bad"], strict=False) if b],
             metadata=md,
         )
         return Struct(outputPtc=ptc)

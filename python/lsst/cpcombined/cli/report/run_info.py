@@ -48,7 +48,9 @@ def _validity(ctx: ReportContext, calib_type: str, outcome: Any) -> tuple[str, s
     remark = ""
     begin = str(requested) if requested else (configured[0] if configured else "-inf")
     if stored[0] == "-inf" and begin not in ("-inf", "None", ""):
-        remark = f"validity configured from {begin}: the butler stores a begin before 1970 as unbounded (-inf)"
+        remark = (
+            f"validity configured from {begin}: the butler stores a begin before 1970 as unbounded (-inf)"
+        )
     return text, remark
 
 
