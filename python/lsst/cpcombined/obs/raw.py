@@ -265,17 +265,23 @@ def read_raw_layout(path: str | os.PathLike) -> AmpLayout:
     filename = os.fspath(path)
     try:
         # Headers only, through the package's index: astropy rebuilds every
-        # compressed HDU's image header (~15 ms each).
-        fd = os.open(filename, os.O_RDONLY)
-        try:
-            index = FitsIndex(fd, os.fstat(fd).st_size, filename)
+        # compressed HDU's image header (~15 ms each).  A gzip-compressed
+        # file (as some archived raws are) is decompressed first.
+        with contextlib.ExitStack() as stack:
+            with open(filename, "rb") as f:
+                gzipped = f.read(2) == b"\x1f\x8b"
+            if gzipped:
+                data = _file_bytes(filename)
+                index = FitsIndex(data, len(data), filename)
+            else:
+                fd = os.open(filename, os.O_RDONLY)
+                stack.callback(os.close, fd)
+                index = FitsIndex(fd, os.fstat(fd).st_size, filename)
             extensions = [
                 _IndexedHdu(index, info.index)
                 for info in index.hdus[1:]
                 if info.is_compressed_image or info.header.get("XTENSION", "").strip() == "IMAGE"
             ]
-        finally:
-            os.close(fd)
         hdus = _amp_hdus(extensions, filename)
         layouts = {amp: _layout_from_header(hdus[amp].header, filename, amp) for amp in AMP_NAMES}
     except RawFormatError:
