@@ -754,8 +754,9 @@ class _Pivot:
     rows: list[tuple[int, str, dict[str, tuple[float, bool]], float]]
 
 
-def _pivots(table: Table, n_sigma: float) -> list[_Pivot]:
-    flagged = {
+def _flagged(table: Table, n_sigma: float) -> set[tuple[_GroupKey, int, str, str]]:
+    """(group, detector, amplifier, day) of every drift `find_drifts` finds."""
+    return {
         (
             (r["calib_type"], r["physical_filter"], r["quantity"], r["unit"]),
             int(r["detector"]),
@@ -764,6 +765,10 @@ def _pivots(table: Table, n_sigma: float) -> list[_Pivot]:
         )
         for r in find_drifts(table, n_sigma=n_sigma)
     }
+
+
+def _pivots(table: Table, n_sigma: float) -> list[_Pivot]:
+    flagged = _flagged(table, n_sigma)
     out = []
     for group, by_amp in _series(table).items():
         day_time: dict[str, float] = {}
@@ -849,15 +854,7 @@ def history_figures(table: Table, *, n_sigma: float = 5.0) -> list[Any]:
     import matplotlib.dates as mdates
     from matplotlib.figure import Figure
 
-    flagged = {
-        (
-            (r["calib_type"], r["physical_filter"], r["quantity"], r["unit"]),
-            int(r["detector"]),
-            r["amplifier"],
-            r["day"],
-        )
-        for r in find_drifts(table, n_sigma=n_sigma)
-    }
+    flagged = _flagged(table, n_sigma)
     figures = []
     cmap = None
     for group, by_amp in _series(table).items():

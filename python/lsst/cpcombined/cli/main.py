@@ -149,7 +149,9 @@ def _simulate_args(p: argparse.ArgumentParser):
     p.add_argument("--geometry-scale", type=float, help="Override the truth's geometry_scale.")
     p.add_argument("--detectors", nargs="+", help="Detector ids or names (default all).")
     p.add_argument("--discard", action="store_true", help="Frames to throw away (no fault injection).")
-    p.add_argument("--staging-dir", help="Where to write files before ingest (default: a temporary directory).")
+    p.add_argument(
+        "--staging-dir", help="Where to write files before ingest (default: a temporary directory)."
+    )
 
     def run(args: argparse.Namespace) -> int:
         from ..simulation import SimulationTruth
@@ -193,7 +195,8 @@ def _simulate_args(p: argparse.ArgumentParser):
 
 @command(
     "certify",
-    "Certify a generated calibration into a CALIBRATION collection (bias/dark/flat only with a 'yes' decision).",
+    "Certify a generated calibration into a CALIBRATION collection "
+    "(bias/dark/flat only with a 'yes' decision).",
 )
 def _certify_args(p: argparse.ArgumentParser):
     p.add_argument("repo")
@@ -251,7 +254,8 @@ def _run_args(p: argparse.ArgumentParser):
         metavar="RUN_ID",
         help=(
             "Resume this run (stopped, killed or failed). Without it an unfinished run with the same "
-            "configuration is resumed and otherwise a new run starts; a run that succeeded is never re-entered."
+            "configuration is resumed and otherwise a new run starts; a run that succeeded is never "
+            "re-entered."
         ),
     )
 

@@ -16,7 +16,7 @@ from ...algorithms.masks import bits, from_mask
 from ...repo.products import read_input_provenance
 from ...simulation.camera import DARK_OVERHEAD_SECONDS
 from .context import ReportContext
-from .page import Cell, esc, fmt, legend, note, table_html
+from .page import Cell, esc, findings_html, fmt, legend, note, table_html
 from .stats import amp_statistics, clipped_mean_std, outliers
 
 _BAD = bits("BAD", "NO_DATA")
@@ -213,11 +213,7 @@ def _detector_table(ctx: ReportContext, calib_type: str, det: int, anchor: str) 
     rows = [[Cell(amp, "l")] + [col[i] for col in columns] for i, amp in enumerate(amps)]
     parts = [f"<h3>Detector {det} ({esc(ctx.detector(det).name)})</h3>", table_html(header, rows)]
     if reasons:
-        parts.append(
-            "<ul class='findings small'>"
-            + "".join(f"<li class='warn'>{esc(r)}</li>" for r in reasons)
-            + "</ul>"
-        )
+        parts.append(findings_html(reasons, small=True))
         ctx.add(
             "warn",
             f"{calib_type} detector {det}: {len(reasons)} per-amplifier value(s) outside expectations",

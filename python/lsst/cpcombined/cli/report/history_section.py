@@ -1,18 +1,17 @@
 """The history of the certified calibrations across days, from
-`lsst.cpcombined.cli.history` (``collect_history``, ``history_figures``,
-and ``drift_report`` when it has one); a clear note when that module is
-absent or fails."""
+`lsst.cpcombined.cli.history` (``collect_history``, ``drift_report`` and
+``history_figures``); a clear note when reading the history fails."""
 
 from __future__ import annotations
 
 __all__ = ("history_section",)
 
-import importlib
 import math
 from typing import Any
 
+from ..history import HISTORY_COLUMNS, collect_history, drift_report, history_figures
 from .context import ReportContext
-from .page import Cell, esc, figure_html, note, table_html
+from .page import Cell, esc, figure_html, findings_html, note, table_html
 
 #: Rows of the history table shown in full (the rest is summarised).
 MAX_ROWS = 300
@@ -22,14 +21,7 @@ def history_section(ctx: ReportContext, anchor: str) -> str:
     """Drifts, figures and the table of the history of
     ``ctx.calib_collection``."""
     try:
-        history = importlib.import_module("lsst.cpcombined.cli.history")
-    except ImportError as err:
-        return note(f"History not available: lsst.cpcombined.cli.history cannot be imported ({err}).")
-    collect = getattr(history, "collect_history", None)
-    if collect is None:
-        return note("History not available: lsst.cpcombined.cli.history has no collect_history.")
-    try:
-        table = collect(
+        table = collect_history(
             ctx.butler, ctx.instrument, calib_collection=ctx.calib_collection, detectors=ctx.detectors
         )
     except Exception as err:  # the history must never stop the report
@@ -39,29 +31,22 @@ def history_section(ctx: ReportContext, anchor: str) -> str:
     parts = []
     n_sets = len(set(table["dataset_id"])) if "dataset_id" in table.colnames else len(table)
     parts.append(f"<p>{n_sets} certified dataset(s) in {esc(ctx.calib_collection)}.</p>")
-    drift_report = getattr(history, "drift_report", None)
-    if drift_report is not None:
+    try:
+        drifts = list(drift_report(table))
+    except Exception as err:
+        drifts = []
+        parts.append(note(f"drift report not available: {err}"))
+    if drifts:
+        parts.append(findings_html(drifts))
+        for d in drifts[:5]:
+            ctx.add("warn", f"history: {d}", anchor)
+    else:
+        parts.append("<p>No change beyond the earlier scatter.</p>")
+    if _max_certifications(table) < 2:
+        parts.append(note("A single certification per calibration so far: the plots start with the next one"))
+    else:
         try:
-            drifts = list(drift_report(table))
-        except Exception as err:
-            drifts = []
-            parts.append(note(f"drift report not available: {err}"))
-        if drifts:
-            parts.append(
-                "<ul class='findings'>" + "".join(f"<li class='warn'>{esc(d)}</li>" for d in drifts) + "</ul>"
-            )
-            for d in drifts[:5]:
-                ctx.add("warn", f"history: {d}", anchor)
-        else:
-            parts.append("<p>No change beyond the earlier scatter.</p>")
-    figures = getattr(history, "history_figures", None)
-    if figures is not None and _max_certifications(table) < 2:
-        parts.append(
-            note("A single certification per calibration so far: the plots start with the next one.")
-        )
-    elif figures is not None:
-        try:
-            for i, fig in enumerate(figures(table)):
+            for i, fig in enumerate(history_figures(table)):
                 parts.append(figure_html(fig, f"history figure {i + 1}", dpi=85))
         except Exception as err:
             parts.append(note(f"history figures not available: {err}"))
@@ -80,22 +65,8 @@ def _max_certifications(table: Any) -> int:
 
 
 def _table(table: Any) -> str:
-    columns = [
-        c
-        for c in (
-            "calib_type",
-            "detector",
-            "physical_filter",
-            "amplifier",
-            "quantity",
-            "value",
-            "error",
-            "unit",
-            "validity_begin",
-            "validity_end",
-        )
-        if c in table.colnames
-    ]
+    shown = [c for c in HISTORY_COLUMNS if c not in ("dataset_id", "run", "creation_date")]
+    columns = [c for c in shown if c in table.colnames]
     rows = []
     for row in table[:MAX_ROWS]:
         cells: list[str | Cell] = []

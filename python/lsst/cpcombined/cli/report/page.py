@@ -13,6 +13,7 @@ __all__ = (
     "Finding",
     "esc",
     "figure_html",
+    "findings_html",
     "fmt",
     "fmt_err",
     "legend",
@@ -168,6 +169,13 @@ def legend(items: Mapping[str, str]) -> str:
         for cls, text in items.items()
     )
     return f'<div class="legend">{spans}</div>'
+
+
+def findings_html(items: Iterable[str], *, title: str = "", small: bool = False) -> str:
+    """A list of things to look at (warnings), with an optional bold title."""
+    lis = "".join(f"<li class='warn'>{esc(item)}</li>" for item in items)
+    head = f"<p><b>{esc(title)}</b></p>" if title else ""
+    return f"{head}<ul class='findings{' small' if small else ''}'>{lis}</ul>"
 
 
 def note(text: str) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ...obs.camera import AMP_NAMES
 from .context import ReportContext
-from .page import Cell, esc, figure_html, fmt, fmt_err, legend, note, pyplot, table_html
+from .page import Cell, esc, figure_html, findings_html, fmt, fmt_err, legend, note, pyplot, table_html
 
 
 def ptc_model(mu: np.ndarray, a00: float, gain: float, n00: float) -> np.ndarray:
@@ -249,11 +249,7 @@ def ptc_section(ctx: ReportContext, anchor: str) -> str:
         header += ["turnoff (ADU)", "χ²/dof", "pairs kept", "flags"]
         parts.append(table_html(header, rows))
         if reasons:
-            parts.append(
-                "<ul class='findings small'>"
-                + "".join(f"<li class='warn'>{esc(r)}</li>" for r in reasons)
-                + "</ul>"
-            )
+            parts.append(findings_html(reasons, small=True))
             ctx.add(
                 "warn",
                 f"PTC detector {det}: {len(reasons)} amplifier(s) with values outside expectations",

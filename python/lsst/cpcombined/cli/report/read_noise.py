@@ -29,7 +29,7 @@ from typing import Any
 
 from ...algorithms.read_noise import ReadNoiseDisagreement, ReadNoiseEstimate, compare_read_noise
 from .context import ReportContext
-from .page import Cell, esc, fmt, fmt_err, legend, note, table_html
+from .page import Cell, esc, findings_html, fmt, fmt_err, legend, note, table_html
 
 #: Relative accuracy trusted for each source beyond its statistical error.
 SYSTEMATIC = {"overscan": 0.01, "image": 0.01, "ptc": 0.0, "nominal": 0.10}
@@ -250,11 +250,7 @@ def read_noise_section(ctx: ReportContext, checks: list[AmpReadNoise], anchor: s
         parts.append(f"<h3>Detector {det} ({esc(ctx.detector(det).name)})</h3>")
         parts.append(table_html(header, rows))
     if flagged:
-        parts.append(
-            "<p><b>Flagged:</b></p><ul class='findings'>"
-            + "".join(f"<li class='warn'>{esc(m)}</li>" for m in flagged)
-            + "</ul>"
-        )
+        parts.append(findings_html(flagged, title="Flagged:"))
         for m in flagged:
             ctx.add("warn", f"read noise: {m}", anchor)
     else:
