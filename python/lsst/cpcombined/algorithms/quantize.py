@@ -44,9 +44,9 @@ __all__ = (
 import functools
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from .rice import _BIT_LENGTH, _row_bound, rice_decode, rice_encode
+from .rice import _BIT_LENGTH, _NJIT_TILES, _pack, _row_bound, rice_decode, rice_encode
 
 _NJIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy", boundscheck=False)
 
@@ -186,55 +186,58 @@ def _dequantize_rows(
         t += 1
 
 
-@njit(**_NJIT)
+@njit(**_NJIT_TILES)
 def _quantize_encode_rows(data, step, seed, table):
     ny, nx = data.shape
     bound = _row_bound(nx, 4)
-    heap = np.empty(ny * bound, np.uint8)
+    slots = np.empty(ny * bound, np.uint8)
     counts = np.empty(ny, np.int64)
-    offsets = np.empty(ny, np.int64)
     scales = np.empty(ny, np.float64)
     zeros = np.empty(ny, np.float64)
-    row = np.empty(nx, np.int32)
-    pos = 0
-    nblank = 0
-    for r in range(ny):
+    blanks = np.empty(ny, np.int64)
+    for r in prange(ny):
+        row = np.empty(nx, np.int32)
         delta, zero, nb = _quantize_tile(data[r], step[r], r, seed, table, row)
-        if nb < 0:
-            return heap[:0], counts, offsets, scales, zeros, -1 - r
         scales[r] = delta
         zeros[r] = zero
-        nblank += nb
-        nbytes = rice_encode(row, 4, heap[pos : pos + bound])
-        counts[r] = nbytes
-        offsets[r] = pos
-        pos += nbytes
-    return heap[:pos], counts, offsets, scales, zeros, nblank
+        blanks[r] = nb
+        counts[r] = 0 if nb < 0 else rice_encode(row, 4, slots[r * bound : (r + 1) * bound])
+    nblank = 0
+    for r in range(ny):
+        if blanks[r] < 0:
+            return slots[:0], counts, counts, scales, zeros, -1 - r
+        nblank += blanks[r]
+    heap, counts, offsets = _pack(slots, bound, counts)
+    return heap, counts, offsets, scales, zeros, nblank
 
 
-@njit(**_NJIT)
+@njit(**_NJIT_TILES)
 def _decode_dequantize_rows(
     heap, counts, offsets, first_tile, rows_per_tile, scales, zeros, seed, blank, zero_coded, table,
     bit_length, out,
 ):
     ny, nx = out.shape
     oflat = out.reshape(ny * nx)
-    buffer = np.empty(rows_per_tile * nx, np.int32)
-    y = 0
-    t = first_tile
-    while y < ny:
+    ntiles = (ny + rows_per_tile - 1) // rows_per_tile
+    failed = np.full(ntiles, -1, np.int64)
+    for i in prange(ntiles):
+        t = first_tile + i
+        y = i * rows_per_tile
         rows = min(rows_per_tile, ny - y)
         start = offsets[t]
         if start < 0 or start + counts[t] > heap.shape[0]:
-            return t
-        tile = buffer[: rows * nx]
+            failed[i] = t
+            continue
+        tile = np.empty(rows * nx, np.int32)
         if not rice_decode(heap[start : start + counts[t]], 4, tile, bit_length):
-            return t
+            failed[i] = t
+            continue
         _dequantize_tile(
             tile, scales[t], zeros[t], t, seed, blank, zero_coded, table, oflat[y * nx : (y + rows) * nx]
         )
-        y += rows
-        t += 1
+    for i in range(ntiles):
+        if failed[i] >= 0:
+            return failed[i]
     return -1
 
 

@@ -32,9 +32,12 @@ from __future__ import annotations
 __all__ = ("BLOCK_SIZE", "decode_rows", "encode_rows", "rice_decode", "rice_encode")
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 _NJIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy", boundscheck=False)
+#: Kernels over the tiles of an image: tiles are coded independently, so
+#: they are coded in parallel.
+_NJIT_TILES = dict(_NJIT, parallel=True)
 
 #: Pixels per Rice block (the convention's ``BLOCKSIZE``; the only value
 #: written and read here).
@@ -276,25 +279,35 @@ def _row_bound(npix, bytepix):
     return bytepix + (nblocks * (fsbits + 2) + npix * (8 * bytepix + 2)) // 8 + 8
 
 
-@njit(**_NJIT)
+@njit(**_NJIT_TILES)
 def _encode_rows(values, rows_per_tile, bytepix):
     ny, nx = values.shape
     ntiles = (ny + rows_per_tile - 1) // rows_per_tile
     bound = _row_bound(rows_per_tile * nx, bytepix)
-    heap = np.empty(ntiles * bound, np.uint8)
+    slots = np.empty(ntiles * bound, np.uint8)
     counts = np.empty(ntiles, np.int64)
-    offsets = np.empty(ntiles, np.int64)
     flat = values.reshape(ny * nx)
-    pos = 0
-    for t in range(ntiles):
+    for t in prange(ntiles):
         y0 = t * rows_per_tile
         y1 = min(ny, y0 + rows_per_tile)
-        tile = flat[y0 * nx : y1 * nx]
-        nbytes = rice_encode(tile, bytepix, heap[pos : pos + bound])
-        counts[t] = nbytes
+        counts[t] = rice_encode(flat[y0 * nx : y1 * nx], bytepix, slots[t * bound : (t + 1) * bound])
+    return _pack(slots, bound, counts)
+
+
+@njit(**_NJIT_TILES)
+def _pack(slots, bound, counts):
+    """The tiles coded into fixed slots of ``bound`` bytes, packed into one
+    heap: ``(heap, counts, offsets)``."""
+    ntiles = counts.shape[0]
+    offsets = np.empty(ntiles, np.int64)
+    pos = 0
+    for t in range(ntiles):
         offsets[t] = pos
-        pos += nbytes
-    return heap[:pos], counts, offsets
+        pos += counts[t]
+    heap = np.empty(pos, np.uint8)
+    for t in prange(ntiles):
+        heap[offsets[t] : offsets[t] + counts[t]] = slots[t * bound : t * bound + counts[t]]
+    return heap, counts, offsets
 
 
 def encode_rows(
@@ -328,22 +341,26 @@ def encode_rows(
     return _encode_rows(values, max(1, int(rows_per_tile)), bytepix)
 
 
-@njit(**_NJIT)
+@njit(**_NJIT_TILES)
 def _decode_rows(heap, counts, offsets, first_tile, rows_per_tile, bytepix, out, bit_length):
     ny, nx = out.shape
     flat = out.reshape(ny * nx)
-    t = first_tile
-    y = 0
-    while y < ny:
+    ntiles = (ny + rows_per_tile - 1) // rows_per_tile
+    failed = np.full(ntiles, -1, np.int64)
+    for i in prange(ntiles):
+        t = first_tile + i
+        y = i * rows_per_tile
         rows = min(rows_per_tile, ny - y)
-        tile = flat[y * nx : (y + rows) * nx]
         start = offsets[t]
         if start < 0 or start + counts[t] > heap.shape[0]:
-            return t
-        if not rice_decode(heap[start : start + counts[t]], bytepix, tile, bit_length):
-            return t
-        y += rows
-        t += 1
+            failed[i] = t
+        elif not rice_decode(
+            heap[start : start + counts[t]], bytepix, flat[y * nx : (y + rows) * nx], bit_length
+        ):
+            failed[i] = t
+    for i in range(ntiles):
+        if failed[i] >= 0:
+            return failed[i]
     return -1
 
 

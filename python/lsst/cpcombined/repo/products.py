@@ -367,12 +367,19 @@ class ButlerBlockSource(BlockSource):
         return self._with_variance
 
     def read_block(self, y0: int, y1: int) -> SourceBlock:
-        block = self._handle.get(parameters={"bbox": Box.factory[y0:y1, 0 : self._shape[1]]})
-        return SourceBlock(
-            image=block.image.array,
-            mask=from_mask(block.mask),
-            variance=block.variance.array if self._with_variance else None,
+        bbox = Box.factory[y0:y1, 0 : self._shape[1]]
+        if self._with_variance:
+            block = self._handle.get(parameters={"bbox": bbox})
+            return SourceBlock(
+                image=block.image.array, mask=from_mask(block.mask), variance=block.variance.array
+            )
+        # Only the planes used: the variance plane is not read (nor decoded).
+        parts = self._handle.get(
+            component="components", parameters={"components": ["image", "mask"], "bbox": bbox}
         )
+        if not isinstance(parts, Mapping):  # a handle without the component (e.g. in memory)
+            parts = {"image": parts.image, "mask": parts.mask}
+        return SourceBlock(image=parts["image"].array, mask=from_mask(parts["mask"]), variance=None)
 
 
 def read_header(handle: Any) -> tuple[dict[str, Any], tuple[int, int]]:

@@ -502,12 +502,11 @@ class SimulationTruth:
             cold[y0:y1, x] = True
 
         # Illumination: radial vignetting over the focal plane (mm).
-        yy, xx = np.mgrid[0:ny, 0:nx]
         pix_mm = 0.010 / lay.scale
-        fx = det.offset_mm[0] + (xx - (nx - 1) / 2) * pix_mm
-        fy = det.offset_mm[1] + (yy - (ny - 1) / 2) * pix_mm
+        fx = det.offset_mm[0] + (np.arange(nx) - (nx - 1) / 2) * pix_mm
+        fy = det.offset_mm[1] + (np.arange(ny) - (ny - 1) / 2) * pix_mm
         r_edge = 65.0 if len(self.camera.detectors) > 1 else 30.0
-        illumination = 1.0 - self.vignetting * (fx**2 + fy**2) / r_edge**2
+        illumination = 1.0 - self.vignetting * (fx[np.newaxis, :] ** 2 + fy[:, np.newaxis] ** 2) / r_edge**2
         return DetectorTruth(
             detector=det,
             layout=lay,

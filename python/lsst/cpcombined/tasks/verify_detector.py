@@ -50,6 +50,7 @@ __all__ = (
 
 import dataclasses
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -480,11 +481,7 @@ class CpVerifyDetectorTask(PipelineTask):
         if under_test is not None:
             # The calibration under test itself: its level (bias and dark
             # LEVEL test) and its unusable pixels, per amplifier.
-            calib_image, _, calib_mask = from_masked_image(under_test)
-            for amp, region in regions.items():
-                level, bad_fraction = verify_algo.calibration_level(
-                    calib_image, calib_mask, region, bits("BAD", "NO_DATA")
-                )
+            for amp, (level, bad_fraction) in _calibration_levels(under_test, regions).items():
                 amp_stats[amp]["CALIB_LEVEL"] = level
                 amp_stats[amp]["CALIB_BAD_FRACTION"] = bad_fraction
         thresholds = thresholds_from(cfg)
@@ -537,3 +534,35 @@ class CpVerifyDetectorTask(PipelineTask):
         table.meta["CALIB_TYPE"] = cfg.calibrationType
         table.meta["INSTRUMENT"] = str(instrument)
         return Struct(outputStats=result, outputResults=table)
+
+
+#: Levels of the calibrations under test: id -> (calibration, levels), the
+#: calibration kept alive so that its id is not reused.
+_LEVELS: dict[int, tuple[Any, dict[str, tuple[float, float]]]] = {}
+_LEVELS_LOCK = threading.Lock()
+
+
+def _calibration_levels(
+    under_test: Any, regions: Mapping[str, tuple[slice, slice]]
+) -> dict[str, tuple[float, float]]:
+    """`~lsst.cpcombined.algorithms.verify.calibration_level` of every
+    amplifier of the calibration under test, computed once per calibration:
+    every exposure of a verification run is compared with the same one, and
+    the calibration cache (`~lsst.cpcombined.repo.products.get_inputs_caching_calibrations`)
+    hands the quanta of a process the same object."""
+    key = id(under_test)
+    with _LEVELS_LOCK:
+        known = _LEVELS.get(key)
+        if known is not None and known[0] is under_test:
+            return known[1]
+    calib_image, _, calib_mask = from_masked_image(under_test)
+    bad = bits("BAD", "NO_DATA")
+    levels = {
+        amp: verify_algo.calibration_level(calib_image, calib_mask, region, bad)
+        for amp, region in regions.items()
+    }
+    with _LEVELS_LOCK:
+        while len(_LEVELS) >= 4:
+            _LEVELS.pop(next(iter(_LEVELS)))
+        _LEVELS[key] = (under_test, levels)
+    return levels

@@ -105,7 +105,17 @@ def block_reduce(image: np.ndarray, target: int, how: str = "mean") -> tuple[np.
     if factor == 1:
         return np.asarray(image, dtype=np.float64), 1
     ny, nx = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    blocks = np.asarray(image[:ny, :nx], dtype=np.float64).reshape(ny // factor, factor, nx // factor, factor)
+    shape = (ny // factor, factor, nx // factor, factor)
+    if how == "mean":
+        # Sums of the finite pixels and their counts: several times faster
+        # than nanmean over the block axes.
+        pixels = np.asarray(image[:ny, :nx])
+        finite = np.isfinite(pixels)
+        sums = np.where(finite, pixels, 0).reshape(shape).sum(axis=3, dtype=np.float64).sum(axis=1)
+        counts = finite.reshape(shape).sum(axis=3).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan), factor
+    blocks = np.asarray(image[:ny, :nx], dtype=np.float64).reshape(shape)
     with warnings.catch_warnings():  # blocks that are entirely NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         reduced = np.nanmax(blocks, axis=(1, 3)) if how == "max" else np.nanmean(blocks, axis=(1, 3))
