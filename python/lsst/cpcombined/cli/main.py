@@ -207,7 +207,7 @@ def _certify_args(p: argparse.ArgumentParser):
     p.add_argument("--collection", required=True, help="CALIBRATION collection to certify into.")
     p.add_argument("--begin", default="1950-01-01", help="Start of validity (TAI, ISO-8601).")
     p.add_argument("--end", default="2050-01-01", help="End of validity (TAI, ISO-8601, exclusive).")
-    p.add_argument("--decision-collection", help="Collection with the verify<Type>Decision dataset.")
+    p.add_argument("--decision-collection", help="Collection with the cpcVerify<Type>Decision dataset.")
     p.add_argument(
         "--no-decision", action="store_true", help="Certify bias/dark/flat without a decision (logged)."
     )
