@@ -24,6 +24,26 @@ except ImportError:
 __all__ = ("LATISS", "LSSTComCam", "get_instrument")  # noqa: F405 (lazy, see __getattr__)
 
 
+def _quiet_optional_pandas() -> None:
+    """Drop daf_butler's warning that the optional pandas converter of the
+    ArrowAstropy storage class cannot be imported (pandas is not a
+    dependency; nothing here converts to a DataFrame).  Installed on import,
+    so that plain ``pipetask`` runs of the package's tasks are quiet too."""
+    import logging
+
+    logger = logging.getLogger("lsst.daf.butler._storage_class")
+    if not any(getattr(f, "_cpcombined", False) for f in logger.filters):
+
+        def keep(record: logging.LogRecord) -> bool:
+            return "pandas" not in record.getMessage()
+
+        keep._cpcombined = True  # type: ignore[attr-defined]
+        logger.addFilter(keep)
+
+
+_quiet_optional_pandas()
+
+
 def __getattr__(name: str) -> Any:
     if name in __all__:
         from .obs import instrument

@@ -1,9 +1,11 @@
 """The ``cpcombined`` command.
 
-Subcommands: ``init`` (create a repository), ``ingest`` (raw files),
-``simulate`` (simulated camera frames), ``certify`` (certify a calibration
-when its decision allows it), ``run`` (the whole daily procedure) and
-``schema`` (the procedure's configuration schema).
+Subcommands: ``init`` (create a repository, or check an existing one),
+``ingest`` (raw files), ``simulate`` (simulated camera frames), ``run`` (the
+whole daily procedure), ``certify`` (certify a calibration when its decision
+allows it), ``schema`` (the procedure's configuration schema), ``history``
+(certified calibrations across days) and ``prune`` (remove the
+intermediates of certified generation runs).
 """
 
 from __future__ import annotations
@@ -150,7 +152,9 @@ def _simulate_args(p: argparse.ArgumentParser):
     p.add_argument("--detectors", nargs="+", help="Detector ids or names (default all).")
     p.add_argument("--discard", action="store_true", help="Frames to throw away (no fault injection).")
     p.add_argument(
-        "--staging-dir", help="Where to write files before ingest (default: a temporary directory)."
+        "--staging-dir",
+        help="Where the files are written before they are ingested (moved into the repository; "
+        "default: a temporary directory).",
     )
 
     def run(args: argparse.Namespace) -> int:
@@ -232,7 +236,7 @@ def _certify_args(p: argparse.ArgumentParser):
                 what=("--begin", "--end"),
             )
         except CertificationError as err:
-            print(f"cpcombined certify: {err}", file=sys.stderr)
+            print(f"cpcombined certify: error: {err}", file=sys.stderr)
             return 1
         print(result.summary())
         return 0
@@ -424,10 +428,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # ArrowAstropy declares a pandas converter; pandas is not a dependency.
-    logging.getLogger("lsst.daf.butler._storage_class").addFilter(
-        lambda record: "pandas" not in record.getMessage()
-    )
     logging.getLogger("lsst.cpcombined").setLevel(args.log_level.upper())
     from ..env import package_root
 
