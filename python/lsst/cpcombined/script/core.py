@@ -47,6 +47,7 @@ __all__ = (
     "check_pipeline_files",
     "pipeline_path",
     "procedure_pipelines",
+    "record_step",
 )
 
 import asyncio
@@ -309,6 +310,22 @@ class RunSummary:
         }
 
 
+def record_step(record: StepRecord, summary: RunSummary, state_store: Any = None) -> None:
+    """Add a finished step to a run's summary and, with a state store (a
+    `~lsst.cpcombined.script.state.RunState`), to its ``steps``, so that a
+    resumed run keeps it.
+
+    The step's session is the number of earlier invocations of the run (the
+    runner appends one entry to the state's ``sessions`` per invocation).
+    """
+    if state_store is not None:
+        record.session = max(0, len(state_store.get("sessions", []) or []) - 1)
+        steps = list(state_store.get("steps", []) or [])
+        steps.append(dataclasses.asdict(record))
+        state_store.set("steps", steps)
+    summary.steps.append(record)
+
+
 async def _no_checkpoint(name: str) -> None:
     return None
 
@@ -539,18 +556,9 @@ class MakeCalibrationsCore:
         return result
 
     def _record_step(self, record: StepRecord) -> None:
-        """Add a finished step to the summary and to the run state.
-
-        The session is the number of earlier invocations of the run (the
-        runner appends one entry to the state's ``sessions`` per
-        invocation).
-        """
-        if self.state_store is not None:
-            record.session = max(0, len(self.state_store.get("sessions", []) or []) - 1)
-            steps = list(self.state_store.get("steps", []) or [])
-            steps.append(dataclasses.asdict(record))
-            self.state_store.set("steps", steps)
-        self.summary.steps.append(record)
+        """Add a finished step to the summary and to the run state
+        (`record_step`)."""
+        record_step(record, self.summary, self.state_store)
 
     def _outcome(self, calib_type: str) -> CalibrationOutcome:
         return self.summary.calibrations.setdefault(calib_type, CalibrationOutcome(calib_type))

@@ -56,6 +56,7 @@ from .core import (
     StepRecord,
     check_pipeline_files,
     procedure_pipelines,
+    record_step,
 )
 from .local import ButlerRawWaiter, LocalPipelineService, LocalSimulatedCamera
 from .schema import ConfigError, ScriptConfig, validate_config
@@ -430,12 +431,7 @@ def _remove_intermediates(run_cfg: RunConfig, summary: RunSummary, state: RunSta
     name = "remove intermediates"
 
     def record(status: str, detail: str) -> None:
-        # As MakeCalibrationsCore records its steps: in the summary and in
-        # the state, with this invocation's session.
-        step = StepRecord(name, time.monotonic() - t0, status, detail, started)
-        step.session = max(0, len(state.get("sessions", []) or []) - 1)
-        state.set("steps", list(state.get("steps", []) or []) + [dataclasses.asdict(step)])
-        summary.steps.append(step)
+        record_step(StepRecord(name, time.monotonic() - t0, status, detail, started), summary, state)
 
     _progress(f"{name} ...")
     state.set("cleanup", {"status": "started", "collections": collections})
