@@ -191,8 +191,11 @@ def _size(nbytes: int) -> str:
 
 def intermediate_types(butler: Butler, patterns: Iterable[str] = INTERMEDIATE_PATTERNS) -> list[str]:
     """Registered dataset types that are intermediates (match ``patterns``)."""
+    return _matching([dt.name for dt in butler.registry.queryDatasetTypes()], patterns)
+
+
+def _matching(names: Iterable[str], patterns: Iterable[str]) -> list[str]:
     patterns = tuple(patterns)
-    names = [dt.name for dt in butler.registry.queryDatasetTypes()]
     return sorted(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
 
 
@@ -259,16 +262,13 @@ def resolve_runs(butler: Butler, *, runs: Iterable[str] = (), collections: Itera
 
 
 def _certified_ids(butler: Butler, dataset_types: Iterable[str]) -> set[Any]:
-    """Ids of the datasets of ``dataset_types`` certified in any CALIBRATION
-    collection."""
+    """Ids of the datasets of ``dataset_types`` (registered ones) certified
+    in any CALIBRATION collection."""
     calibs = list(butler.collections.query("*", collection_types={CollectionType.CALIBRATION}))
     ids: set[Any] = set()
     if not calibs:
         return ids
-    registered = {dt.name for dt in butler.registry.queryDatasetTypes()}
     for name in dataset_types:
-        if name not in registered:
-            continue
         for assoc in butler.registry.queryDatasetAssociations(
             name, collections=calibs, collectionTypes={CollectionType.CALIBRATION}, flattenChains=False
         ):
@@ -361,8 +361,8 @@ def prune_intermediates(
     runs = list(runs)
     if not runs:
         return report
-    kinds = intermediate_types(butler, patterns)
-    registered = {dt.name for dt in butler.registry.queryDatasetTypes()}
+    registered = [dt.name for dt in butler.registry.queryDatasetTypes()]
+    kinds = _matching(registered, patterns)
     products = [p for p in PRODUCT_TYPES if p in registered]
     certified = _certified_ids(butler, products)
     for run in runs:
@@ -406,7 +406,6 @@ def prune_intermediates(
         if after_run:
             after_run(outcome)
     return report
-
 
 
 def _data_id(ref: DatasetRef) -> str:
