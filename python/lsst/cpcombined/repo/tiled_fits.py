@@ -210,8 +210,10 @@ def compressed_image_hdu(
     if name is not None:
         h["EXTNAME"] = name
     _copy_cards(h, header)
-    data = table.tobytes() + heap.tobytes()
-    return _header_bytes(h) + data + b"\0" * _pad(len(data))
+    size = table.nbytes + heap.nbytes
+    # One copy of the coded tiles (the heap is joined as a view).
+    heap_view = memoryview(np.ascontiguousarray(heap, dtype=np.uint8))
+    return b"".join((_header_bytes(h), table.tobytes(), heap_view, b"\0" * _pad(size)))
 
 
 def write_hdus(path: str | os.PathLike, hdus: Iterable[bytes]) -> None:
