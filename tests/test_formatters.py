@@ -310,8 +310,10 @@ def test_foreign_objects_are_handed_to_obs_base(repo, tmp_path, monkeypatch):
 
 
 def test_calibration_compression_recipe(repo, tmp_path):
-    """Uncompressed by default; the `recipe` write parameter selects a
-    lossless GZIP recipe (pixels bit-exact); lossy recipes are refused."""
+    """The ``default`` recipe when none is named (as obs_base), the
+    ``recipe`` write parameter otherwise: lossless GZIP (pixels bit-exact,
+    astropy reads the same), ``noCompression`` plain HDUs, RICE_1 allowed
+    for the mask only; lossy recipes are refused."""
     from lsst.cpcombined.repo.exposure_fits import read_exposure_fits
     from lsst.cpcombined.repo.formatters import CalibExposureFormatter
 
@@ -323,30 +325,54 @@ def test_calibration_compression_recipe(repo, tmp_path):
     }
     rice = {"algorithm": "RICE_1", "quantization": {"level": 16.0}}
     lossy = {"image": rice, "mask": {"algorithm": "GZIP_2"}, "variance": rice}
-    recipes = {"lossless": lossless, "lossy16": lossy, "default": lossless}
-    formatter, location = _formatter(
-        CalibExposureFormatter, repo, tmp_path, "bias", "ExposureF", write_recipes=recipes
-    )
-    formatter.write(mi)
-    with fits.open(location.path) as hdul:
-        assert [type(h).__name__ for h in hdul] == ["PrimaryHDU", "ImageHDU", "ImageHDU", "ImageHDU"]
-    formatter, location = _formatter(
+    rice_mask = {**lossless, "mask": {"algorithm": "RICE_1"}}
+    rice_image = {**lossless, "image": {"algorithm": "RICE_1"}}
+    recipes = {
+        "lossless": lossless,
+        "lossy16": lossy,
+        "default": lossless,
+        "noCompression": None,
+        "riceMask": rice_mask,
+        "riceImage": rice_image,
+    }
+    for recipe, expected in (
+        (None, ["GZIP_2"] * 3),
+        ("noCompression", [None] * 3),
+        ("riceMask", ["GZIP_2", "RICE_1", "GZIP_2"]),
+    ):
+        formatter, location = _formatter(
+            CalibExposureFormatter,
+            repo,
+            tmp_path,
+            "bias",
+            "ExposureF",
+            write_recipes=recipes,
+            write_parameters={} if recipe is None else {"recipe": recipe},
+        )
+        formatter.write(mi)
+        with fits.open(location.path, disable_image_compression=True) as hdul:
+            assert [h.header.get("ZCMPTYPE") for h in hdul[1:4]] == expected
+            assert [h.header.get("ZQUANTIZ") for h in (hdul[1], hdul[3])] == [
+                None if e is None else "NONE" for e in expected[::2]
+            ]
+        with fits.open(location.path) as hdul:  # astropy decodes the tiles alike
+            np.testing.assert_array_equal(hdul[1].data, image)
+            np.testing.assert_array_equal(hdul[3].data, variance)
+        back = read_exposure_fits(location.path)
+        np.testing.assert_array_equal(back.image.array, image)
+        np.testing.assert_array_equal(back.variance.array, variance)
+        np.testing.assert_array_equal(from_mask(back.mask), mask)
+    formatter, _ = _formatter(
         CalibExposureFormatter,
         repo,
         tmp_path,
         "bias",
         "ExposureF",
         write_recipes=recipes,
-        write_parameters={"recipe": "lossless"},
+        write_parameters={"recipe": "riceImage"},
     )
-    formatter.write(mi)
-    with fits.open(location.path, disable_image_compression=True) as hdul:
-        assert [h.header.get("ZCMPTYPE") for h in hdul[1:4]] == ["GZIP_2"] * 3
-        assert "ZQUANTIZ" not in hdul[1].header or hdul[1].header["ZQUANTIZ"] == "NONE"
-    back = read_exposure_fits(location.path)
-    np.testing.assert_array_equal(back.image.array, image)
-    np.testing.assert_array_equal(back.variance.array, variance)
-    np.testing.assert_array_equal(from_mask(back.mask), mask)
+    with pytest.raises(ValueError, match="image plane is not lossless"):
+        formatter.write(mi)
     formatter, _ = _formatter(
         CalibExposureFormatter,
         repo,

@@ -17,11 +17,12 @@ Combined biases, darks and flats are stored in the layout
 * The mask uses afw's default plane numbering (`AFW_MASK_PLANES`) and
   declares every one of those planes with an ``MP_<PLANE>`` card.
 
-Files are written uncompressed by default: every ISR quantum reads the
-calibrations, and a full-size LATISS detector (4072 x 4000) writes in
-~0.13 s and reads in ~0.1 s uncompressed (195 MB, warm page cache) against
-~3.5 s and ~2.2 s with GZIP_2 (59 MB).  Lossless ``GZIP_2``/``GZIP_1`` tile
-compression (one row per tile, no quantization) is an option.
+Each plane is written uncompressed or with lossless tile compression (one
+row per tile, no quantization: afw's ``lossless`` recipe, the way cp_pipe's
+calibrations are stored), ``GZIP_2``/``GZIP_1`` for any plane and
+``RICE_1`` for the mask, coded and decoded by
+`lsst.cpcombined.repo.tiled_fits` on every core (the butler's formatter
+compresses by default: see ``config/datastores/formatters.yaml``).
 
 `read_exposure_fits` reads these files and files written by afw (cp_pipe's
 calibrations): tile-compressed HDUs, archive HDUs after the third, afw
@@ -50,13 +51,16 @@ from __future__ import annotations
 
 __all__ = (
     "AFW_MASK_PLANES",
+    "COMPRESSIONS",
     "FOREIGN_MASK_PLANES",
+    "MASK_COMPRESSIONS",
     "PLANE_ALIASES",
     "afw_mask_from_bits",
     "bits_from_afw_mask",
     "header_from_metadata",
     "legacy_plane_map",
     "metadata_from_header",
+    "plane_compressions",
     "read_exposure_fits",
     "read_exposure_metadata",
     "write_exposure_fits",
@@ -77,6 +81,7 @@ import numpy as np
 from lsst.images import Box, Image, MaskedImage, MaskPlane
 
 from ..algorithms.masks import BIT, PLANES, from_mask, to_mask
+from .tiled_fits import FitsIndex, compressed_image_hdu, extension_hdu, primary_hdu, write_hdus
 
 _LOG = logging.getLogger(__name__)
 
@@ -420,8 +425,44 @@ def _extension_header(name: str, x0: int, y0: int, bunit: Any = ...) -> fits.Hea
     return header
 
 
-#: Compression types `write_exposure_fits` accepts (lossless only).
+#: Compression types `write_exposure_fits` accepts (lossless only), and
+#: those it accepts for the mask plane.
 COMPRESSIONS = ("GZIP_1", "GZIP_2")
+MASK_COMPRESSIONS = (*COMPRESSIONS, "RICE_1")
+
+
+def plane_compressions(compression: str | Mapping[str, str | None] | None) -> dict[str, str | None]:
+    """The compression of each plane (``IMAGE``, ``MASK``, ``VARIANCE``).
+
+    Parameters
+    ----------
+    compression
+        One algorithm for the three planes, a mapping from plane name
+        (``image``, ``mask``, ``variance``, in any case; a missing plane is
+        not compressed) to algorithm or `None`, or `None` for no compression.
+
+    Raises
+    ------
+    ValueError
+        An unknown plane, or an algorithm that is not lossless for its plane.
+    """
+    if compression is None or isinstance(compression, str):
+        compression = dict.fromkeys(("image", "mask", "variance"), compression)
+    compression = {str(k).lower(): v for k, v in compression.items()}
+    unknown = set(compression) - {"image", "mask", "variance"}
+    if unknown:
+        raise ValueError(f"unknown planes {sorted(unknown)}: give image, mask and variance")
+    out = {}
+    for name in _EXTENSIONS:
+        algorithm = compression.get(name.lower())
+        allowed = MASK_COMPRESSIONS if name == "MASK" else COMPRESSIONS
+        if algorithm is not None and algorithm not in allowed:
+            raise ValueError(
+                f"compression {algorithm!r} of the {name.lower()} plane is not lossless; use None or one of "
+                f"{allowed}"
+            )
+        out[name] = algorithm
+    return out
 
 
 def write_exposure_fits(
@@ -429,7 +470,7 @@ def write_exposure_fits(
     path: str | os.PathLike,
     *,
     metadata: Mapping[str, Any] | None = None,
-    compression: str | None = None,
+    compression: str | Mapping[str, str | None] | None = None,
 ) -> None:
     """Write a masked image as an archive-free afw Exposure FITS file.
 
@@ -445,16 +486,16 @@ def write_exposure_fits(
         Primary-header cards written after ``mi.metadata``, including
         butler provenance cards; same conventions.
     compression
-        `None` (default) or a lossless tile compression of `COMPRESSIONS`
-        (one row per tile, no quantization: pixels round-trip exactly).
+        `None` (default), a lossless tile compression of `COMPRESSIONS`
+        for the three planes, or one per plane (see `plane_compressions`):
+        one row per tile, no quantization, pixels round-trip exactly.
 
     Raises
     ------
     ValueError
         Unknown mask planes, or an unsupported compression.
     """
-    if compression is not None and compression not in COMPRESSIONS:
-        raise ValueError(f"compression {compression!r} is not lossless; use None or one of {COMPRESSIONS}")
+    algorithms = plane_compressions(compression)
     unknown = set(mi.mask.schema.names) - set(BIT)
     if unknown:
         raise ValueError(f"mask planes {sorted(unknown)} are not cp_combined planes: cannot write {path}")
@@ -472,23 +513,14 @@ def write_exposure_fits(
         (afw_mask_from_bits(from_mask(mi.mask)), mask_unit),
         (np.asarray(mi.variance.array, dtype=np.float32), variance_unit),
     )
-    hdus: list[fits.hdu.base.ExtensionHDU] = []
+    hdus = [primary_hdu(primary.header)]
     for name, (array, bunit) in zip(_EXTENSIONS, arrays, strict=True):
         header = _extension_header(name, x0, y0, bunit)
-        if compression is None:
-            hdus.append(fits.ImageHDU(array, header=header, name=name))
+        if algorithms[name] is None:
+            hdus.append(extension_hdu(fits.ImageHDU(array, header=header, name=name)))
         else:
-            hdus.append(
-                fits.CompImageHDU(
-                    array,
-                    header=header,
-                    name=name,
-                    compression_type=compression,
-                    quantize_level=0.0,
-                    tile_shape=(1, array.shape[1]),
-                )
-            )
-    fits.HDUList([primary, *hdus]).writeto(os.fspath(path), overwrite=True)
+            hdus.append(compressed_image_hdu(array, header, name=name, algorithm=algorithms[name]))
+    write_hdus(path, hdus)
 
 
 # ---------------------------------------------------------------------------
@@ -496,16 +528,8 @@ def write_exposure_fits(
 # ---------------------------------------------------------------------------
 
 
-def _native(array: np.ndarray) -> np.ndarray:
-    if array.dtype.isnative:
-        return array
-    if array.flags.writeable and array.flags.c_contiguous:
-        return array.byteswap(inplace=True).view(array.dtype.newbyteorder("="))
-    return array.astype(array.dtype.newbyteorder("="))
-
-
-def _check_extension(hdu: Any, expected: str, path: str) -> None:
-    exttype = hdu.header.get("EXTTYPE")
+def _check_extension(header: fits.Header, expected: str, path: str) -> None:
+    exttype = header.get("EXTTYPE")
     if exttype is not None and str(exttype).strip() != expected:
         raise ValueError(
             f"{path}: HDU {_EXTENSIONS.index(expected) + 1} is {exttype!r}, not {expected!r}: not an afw "
@@ -592,21 +616,23 @@ def read_exposure_fits(path: str | os.PathLike, *, log: logging.Logger | None = 
         declares.
     """
     spath = os.fspath(path)
-    with fits.open(spath, memmap=False, lazy_load_hdus=True) as hdul:
-        metadata = metadata_from_header(hdul[0].header)
-        try:
-            image_hdu, mask_hdu, variance_hdu = hdul[1], hdul[2], hdul[3]
-        except IndexError:
-            raise ValueError(
-                f"{spath} has no IMAGE, MASK and VARIANCE HDUs: not an afw Exposure file"
-            ) from None
-        for hdu, name in zip((image_hdu, mask_hdu, variance_hdu), _EXTENSIONS, strict=True):
-            _check_extension(hdu, name, spath)
-        x0, y0 = _xy0(image_hdu.header)
-        unit = _unit_of(image_hdu.header, metadata)
-        image = _native(image_hdu.data)
-        variance = _native(variance_hdu.data)
-        bitmask = bits_from_afw_mask(mask_hdu.data, _read_mask_planes(mask_hdu.header), source=spath, log=log)
+    # Pixels through FitsIndex: plain and lossless tile-compressed HDUs are
+    # decoded on every core, anything else by astropy.
+    try:
+        index = FitsIndex.of(spath)
+    except ValueError as err:
+        raise ValueError(f"{spath}: {err}") from None
+    metadata = metadata_from_header(index.hdus[0].header)
+    if len(index.hdus) < 4:
+        raise ValueError(f"{spath} has no IMAGE, MASK and VARIANCE HDUs: not an afw Exposure file")
+    image_header, mask_header, variance_header = (index.image_header(i) for i in (1, 2, 3))
+    for header, name in zip((image_header, mask_header, variance_header), _EXTENSIONS, strict=True):
+        _check_extension(header, name, spath)
+    x0, y0 = _xy0(image_header)
+    unit = _unit_of(image_header, metadata)
+    image = index.read_rows(1)
+    variance = index.read_rows(3)
+    bitmask = bits_from_afw_mask(index.read_rows(2), _read_mask_planes(mask_header), source=spath, log=log)
     ny, nx = image.shape
     bbox = Box.factory[y0 : y0 + ny, x0 : x0 + nx]
     return MaskedImage(

@@ -67,7 +67,7 @@ from .calib_tables import (
     read_ptc,
     write_calib_table,
 )
-from .exposure_fits import COMPRESSIONS, read_exposure_fits, write_exposure_fits
+from .exposure_fits import plane_compressions, read_exposure_fits, write_exposure_fits
 from .tiled_fits import FitsIndex, compressed_image_hdu, extension_hdu, primary_hdu, write_hdus
 
 #: Value of the ``CPFORMAT`` primary-header card of `ProcImageFormatter` files.
@@ -150,10 +150,12 @@ class CalibExposureFormatter(_UpstreamLayoutFormatter):
     (`~lsst.cpcombined.repo.exposure_fits.write_exposure_fits`), butler
     provenance cards in the primary header.
 
-    Uncompressed unless the ``recipe`` write parameter names a recipe (in
-    the ``write_recipes`` of this class, obs_base's format) whose planes use
-    a lossless `~lsst.cpcombined.repo.exposure_fits.COMPRESSIONS`
-    algorithm.  Recipes are passed on unchanged when delegating.
+    Planes are compressed as the recipe named by the ``recipe`` write
+    parameter says, or the ``default`` recipe when none is named, as
+    obs_base does (``write_recipes`` of this class; each plane's
+    ``algorithm`` is lossless: ``GZIP_2``/``GZIP_1``, or ``RICE_1`` for the
+    mask; a plane without options, or no recipe at all, is not
+    compressed).  Recipes are passed on unchanged when delegating.
     """
 
     upstream: ClassVar[str] = "lsst.obs.base.formatters.fitsExposure.FitsExposureFormatter"
@@ -171,28 +173,29 @@ class CalibExposureFormatter(_UpstreamLayoutFormatter):
                 raise RuntimeError(f"write recipe {name!r} must map image/mask/variance to options or null")
         return recipes
 
-    def _compression(self) -> str | None:
+    def _compression(self) -> dict[str, str | None]:
         name = (self.write_parameters or {}).get("recipe")
+        recipes = self.write_recipes or {}
         if name is None:
-            return None
-        if name not in self.write_recipes:
-            raise ValueError(f"unknown write recipe {name!r} (known: {sorted(self.write_recipes)})")
-        recipe = self.write_recipes[name] or {}
-        algorithms = set()
+            name = "default"
+            if name not in recipes:
+                return plane_compressions(None)
+        if name not in recipes:
+            raise ValueError(f"unknown write recipe {name!r} (known: {sorted(recipes)})")
+        recipe = recipes[name] or {}
+        algorithms: dict[str, str | None] = {}
         for plane in ("image", "mask", "variance"):
             options = recipe.get(plane)
             if options is None:
-                algorithms.add(None)
+                algorithms[plane] = None
                 continue
             if options.get("quantization"):
                 raise ValueError(f"write recipe {name!r} quantizes {plane}: cp_combined writes lossless only")
-            algorithms.add(options.get("algorithm", "GZIP_2"))
-        if len(algorithms) != 1 or not (algorithms <= {None, *COMPRESSIONS}):
-            raise ValueError(
-                f"write recipe {name!r} uses {sorted(map(str, algorithms))}: cp_combined compresses the "
-                f"three planes alike with one of {COMPRESSIONS}, or not at all"
-            )
-        return algorithms.pop()
+            algorithms[plane] = options.get("algorithm", "GZIP_2")
+        try:
+            return plane_compressions(algorithms)
+        except ValueError as err:
+            raise ValueError(f"write recipe {name!r}: {err}") from None
 
     def write_local_file(self, in_memory_dataset: Any, uri: ResourcePath) -> None:
         write_exposure_fits(
