@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = (
     "CSS",
+    "PAD_INCHES",
     "Cell",
     "Finding",
     "esc",
@@ -193,14 +194,57 @@ def pyplot() -> Any:
     return plt
 
 
-def png_data_uri(fig: Any, *, dpi: int = 100, tight: bool = True) -> tuple[str, bytes]:
-    """Render a figure as PNG; return its data URI and bytes, and close it."""
-    plt = pyplot()
+#: Padding (inches) around the drawn content of a figure cropped to it.
+PAD_INCHES = 0.08
+
+
+def _tight_png(fig: Any, dpi: int, pad_inches: float = PAD_INCHES) -> bytes | None:
+    """The figure drawn once at ``dpi`` and cropped to its content plus
+    ``pad_inches``: what ``savefig(bbox_inches="tight")`` writes, without
+    its second drawing of the figure.  `None` when the content reaches
+    beyond the figure (``savefig`` then enlarges the canvas instead)."""
+    import matplotlib.colors
+    import matplotlib.image
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    canvas.draw()
+    bbox = fig.get_tightbbox(canvas.get_renderer())
+    rgba = np.asarray(canvas.buffer_rgba())
+    height, width = rgba.shape[:2]
+    x0, y0, x1, y1 = (v * dpi for v in bbox.extents)
+    if x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1:
+        return None
+    pad = pad_inches * dpi
+    # Output pixel columns and rows (rows counted from the top) of the padded box.
+    c0, c1 = math.floor(x0 - pad), math.ceil(x1 + pad)
+    r0, r1 = math.floor(height - y1 - pad), math.ceil(height - y0 + pad)
+    out = np.empty((r1 - r0, c1 - c0, 4), dtype=np.uint8)
+    out[...] = np.asarray(matplotlib.colors.to_rgba_array(fig.get_facecolor())[0] * 255).round()
+    sr0, sr1, sc0, sc1 = max(r0, 0), min(r1, height), max(c0, 0), min(c1, width)
+    out[sr0 - r0 : sr1 - r0, sc0 - c0 : sc1 - c0] = rgba[sr0:sr1, sc0:sc1]
     buf = io.BytesIO()
-    kwargs = {"bbox_inches": "tight", "pad_inches": 0.08} if tight else {}
-    fig.savefig(buf, format="png", dpi=dpi, **kwargs)
+    matplotlib.image.imsave(buf, out, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def png_data_uri(fig: Any, *, dpi: int = 100, tight: bool = True) -> tuple[str, bytes]:
+    """Render a figure as PNG; return its data URI and bytes, and close it.
+
+    With ``tight`` the image is cropped to the drawn content plus
+    `PAD_INCHES` (as ``savefig(bbox_inches="tight")``), from a single
+    drawing of the figure.
+    """
+    plt = pyplot()
+    data = _tight_png(fig, dpi) if tight else None
+    if data is None:
+        buf = io.BytesIO()
+        kwargs = {"bbox_inches": "tight", "pad_inches": PAD_INCHES} if tight else {}
+        fig.savefig(buf, format="png", dpi=dpi, **kwargs)
+        data = buf.getvalue()
     plt.close(fig)
-    data = buf.getvalue()
     return "data:image/png;base64," + base64.b64encode(data).decode(), data
 
 

@@ -108,6 +108,9 @@ def image_panel(
         )
 
 
+#: Inches of canvas right of the panels (for the colour bar's labels).
+_RIGHT_MARGIN = 0.8
+
 #: Pixels sampled (evenly) for the histogram's range and median; the counts
 #: are of every pixel.
 _SAMPLE = 1_000_000
@@ -145,7 +148,10 @@ def product_figure(ctx: ReportContext, calib_type: str, det: int) -> str:
     regions = ctx.regions(image.shape)
     unit = str(mi.image.unit) if mi.image.unit is not None else _UNITS[calib_type]
     aspect = min(1.4, max(0.5, image.shape[0] / image.shape[1]))
-    fig = plt.figure(figsize=(14.0, 6.0 * aspect + 3.2))
+    # The panels span 14 inches; the canvas is wider so that the right colour
+    # bar's labels fit inside it (the figure is drawn once, then cropped).
+    width = 14.0 + _RIGHT_MARGIN
+    fig = plt.figure(figsize=(width, 6.0 * aspect + 3.2))
     grid = fig.add_gridspec(
         2,
         2,
@@ -154,8 +160,8 @@ def product_figure(ctx: ReportContext, calib_type: str, det: int) -> str:
         wspace=0.3,
         top=0.93,
         bottom=0.07,
-        left=0.06,
-        right=0.97,
+        left=0.06 * 14.0 / width,
+        right=0.97 * 14.0 / width,
     )
     ax_img, ax_noise = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
     ax_hist = fig.add_subplot(grid[1, :])
@@ -184,6 +190,7 @@ def product_figure(ctx: ReportContext, calib_type: str, det: int) -> str:
     fig.suptitle(
         f"{calib_type}, detector {det} ({name}): {image.shape[1]} × {image.shape[0]} pixels, {n_bad} BAD",
         fontsize=12,
+        x=0.5 * 14.0 / width,
         y=0.995,
     )
     caption = (

@@ -56,11 +56,18 @@ def _colours(n: int) -> list[Any]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+#: Inches of canvas right of the PTC panels, for the legend.
+_LEGEND_INCHES = 1.0
+
+
 def _overview_figure(rows: list[Any], det: int, name: str) -> Any:
     """Variance vs mean (log–log), variance/mean vs mean and the nearest
     covariances vs mean, all amplifiers overlaid."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14.0, 4.6))
+    # The panels span 14 inches; the legend right of them is inside the
+    # canvas (the figure is drawn once, then cropped).
+    width = 14.0 + _LEGEND_INCHES
+    fig, axes = plt.subplots(1, 3, figsize=(width, 4.6))
     ax_var, ax_ratio, ax_cov = axes
     colours = _colours(len(rows))
     handles = []
@@ -103,7 +110,7 @@ def _overview_figure(rows: list[Any], det: int, name: str) -> Any:
     fig.legend(
         handles=handles,
         loc="center left",
-        bbox_to_anchor=(0.995, 0.5),
+        bbox_to_anchor=(0.995 * 14.0 / width, 0.5),
         fontsize=8,
         ncol=1,
         title="amp",
@@ -111,9 +118,11 @@ def _overview_figure(rows: list[Any], det: int, name: str) -> Any:
         frameon=False,
     )
     fig.suptitle(
-        f"PTC detector {det} ({name}): points kept (•) and rejected (×); lines: the eq. 16 model", fontsize=12
+        f"PTC detector {det} ({name}): points kept (•) and rejected (×); lines: the eq. 16 model",
+        fontsize=12,
+        x=0.5 * 14.0 / width,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 14.0 / width, 1.0))
     return fig
 
 
