@@ -179,7 +179,12 @@ def _amp_regions(shape: Sequence[int]) -> dict[str, tuple[slice, slice]] | None:
 
 
 def _measure_image(calib_type: str, path: str) -> ProductMeasurement:
-    mi = read_exposure_fits(path, log=_LOG)
+    return _measure_masked_image(calib_type, read_exposure_fits(path, log=_LOG))
+
+
+def _measure_masked_image(calib_type: str, mi: Any) -> ProductMeasurement:
+    """`ProductMeasurement` of a bias, dark or flat already read (a
+    `lsst.images.MaskedImage`)."""
     image = np.asarray(mi.image.array)
     mask = from_mask(mi.mask)
     unit = "" if mi.image.unit is None else mi.image.unit.to_string()
@@ -354,6 +359,7 @@ def collect_history(
     *,
     calib_collection: str | None = None,
     detectors: Iterable[int | str] | None = None,
+    images: Mapping[str, Any] | None = None,
 ) -> Table:
     """Per-amplifier quantities of every calibration certified in a
     collection, with the certification's validity range.
@@ -369,6 +375,11 @@ def collect_history(
         ``<INSTR>/calib``); default ``<INSTR>/calib/daily``.
     detectors
         Detector ids or names (default all).
+    images
+        Bias, dark and flat images already read (`lsst.images.MaskedImage`
+        as `lsst.cpcombined.repo.exposure_fits.read_exposure_fits` reads
+        them), by dataset id (``str(ref.id)``): measured without reading
+        their files again.
 
     Returns
     -------
@@ -432,13 +443,17 @@ def collect_history(
         detector = int(ref.dataId.required["detector"])
         key = str(ref.id)
         if key not in measured:
+            image = images.get(key) if images and calib_type in _IMAGE_TYPES else None
             try:
-                measured[key] = read_dataset_file(
-                    _Handle(butler, ref),
-                    lambda path, t=calib_type, d=detector: measure_product(
-                        t, path, detector_shape=shapes.get(d)
-                    ),
-                )
+                if image is not None:
+                    measured[key] = _measure_masked_image(calib_type, image)
+                else:
+                    measured[key] = read_dataset_file(
+                        _Handle(butler, ref),
+                        lambda path, t=calib_type, d=detector: measure_product(
+                            t, path, detector_shape=shapes.get(d)
+                        ),
+                    )
             except Exception as err:  # a history must not stop at one bad file
                 _LOG.warning(
                     "Cannot read %s %s (run %s): %s; its quantities are NaN.", calib_type, key, ref.run, err

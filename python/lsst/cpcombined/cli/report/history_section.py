@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from ..history import HISTORY_COLUMNS, collect_history, drift_report, history_figures
-from .context import ReportContext
+from .context import IMAGE_TYPES, ReportContext
 from .page import Cell, esc, figure_html, findings_html, note, table_html
 
 #: Rows of the history table shown in full (the rest is summarised).
@@ -22,7 +22,11 @@ def history_section(ctx: ReportContext, anchor: str) -> str:
     ``ctx.calib_collection``."""
     try:
         table = collect_history(
-            ctx.butler, ctx.instrument, calib_collection=ctx.calib_collection, detectors=ctx.detectors
+            ctx.butler,
+            ctx.instrument,
+            calib_collection=ctx.calib_collection,
+            detectors=ctx.detectors,
+            images=_run_images(ctx),
         )
     except Exception as err:  # the history must never stop the report
         return note(f"History not available: {err}")
@@ -52,6 +56,19 @@ def history_section(ctx: ReportContext, anchor: str) -> str:
             parts.append(note(f"history figures not available: {err}"))
     parts.append(_table(table))
     return "".join(parts)
+
+
+def _run_images(ctx: ReportContext) -> dict[str, Any]:
+    """This run's bias, dark and flat images (read once for the whole
+    report), by dataset id: the history measures them without reading their
+    files again."""
+    out = {}
+    for calib_type in IMAGE_TYPES:
+        for det in ctx.detectors:
+            ref = ctx.ref(calib_type, det)
+            if ref is not None:
+                out[str(ref.id)] = ctx.product(calib_type, det)
+    return out
 
 
 def _max_certifications(table: Any) -> int:
