@@ -234,6 +234,30 @@ def test_report_is_fast(daily):
     assert not [f for f in ctx.findings if "could not be built" in f.text]
 
 
+def test_report_built_in_two_processes_is_the_same_page(daily):
+    """Half of the sections built by a `ReportWorker` (as `cpcombined run`
+    does on a machine with more than one CPU): the same bytes and the same
+    findings, in the same order, as the page built in one process."""
+    from lsst.cpcombined.cli.report import ReportWorker, write_report
+    from lsst.cpcombined.script.schema import validate_config
+
+    tmp, repo, summary, truth = daily
+    doc = yaml.safe_load(DAILY.read_text())
+    for key in ("instrument", "simulation", "execution"):
+        doc.pop(key, None)
+    cfg = validate_config({**doc, "repo": str(repo)}, "LATISS")
+    alone = write_report(tmp / "alone.html", summary, repo=str(repo), config=cfg, truth=truth)
+    worker = ReportWorker()
+    try:
+        both = write_report(
+            tmp / "both.html", summary, repo=str(repo), config=cfg, truth=truth, worker=worker
+        )
+    finally:
+        worker.close()
+    assert (tmp / "alone.html").read_bytes() == (tmp / "both.html").read_bytes()
+    assert [f.text for f in alone.findings] == [f.text for f in both.findings]
+
+
 # -- a noisy amplifier -------------------------------------------------------------
 
 SMALL = {"seed": 3, "geometry_scale": 0.125}

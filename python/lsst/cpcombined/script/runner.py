@@ -355,6 +355,7 @@ def _write_run_outputs(
     truth: SimulationTruth,
     summary_json: Path | None,
     report: Path | None,
+    report_worker: Any = None,
 ) -> None:
     """Write the summary and the report into the run's directory (so that no
     later run overwrites them), and copy them to the requested paths."""
@@ -371,7 +372,13 @@ def _write_run_outputs(
         from ..cli.report import write_report
 
         write_report(
-            kept_report, summary, repo=str(repo), config=cfg, truth=truth, sessions=state.get("sessions", [])
+            kept_report,
+            summary,
+            repo=str(repo),
+            config=cfg,
+            truth=truth,
+            sessions=state.get("sessions", []),
+            worker=report_worker,
         )
     except Exception as err:  # the report must never fail the run
         _LOG.warning("Report not written: %s", err, exc_info=_LOG.isEnabledFor(logging.DEBUG))
@@ -476,6 +483,42 @@ def _run_locked(
     report: Path | None,
 ) -> tuple[int, RunSummary]:
     """Run the procedure on a chosen run (the repository lock is held)."""
+    report_worker = _report_worker()
+    try:
+        return _run_procedure(
+            run_cfg, cfg, script_cfg, truth, repo, state, summary_json, report, report_worker
+        )
+    finally:
+        if report_worker is not None:
+            report_worker.close()
+
+
+def _report_worker() -> Any:
+    """A process that will build half of the report at the end of the run
+    (`lsst.cpcombined.cli.report.ReportWorker`), started now so that its
+    imports overlap the acquisition; `None` on a single core."""
+    if (os.cpu_count() or 1) < 2:
+        return None
+    try:
+        from ..cli.report import ReportWorker
+
+        return ReportWorker()
+    except Exception as err:  # noqa: BLE001 - the report is then built in one process
+        _LOG.info("Report worker not started: %s", err)
+        return None
+
+
+def _run_procedure(
+    run_cfg: RunConfig,
+    cfg: ScriptConfig,
+    script_cfg: dict[str, Any],
+    truth: SimulationTruth,
+    repo: Path,
+    state: RunState,
+    summary_json: Path | None,
+    report: Path | None,
+    report_worker: Any,
+) -> tuple[int, RunSummary]:
     pipelines = _pipeline_service(repo, run_cfg.execution)
     pipelines.progress = _progress
     core = MakeCalibrationsCore(
@@ -527,7 +570,7 @@ def _run_locked(
     else:
         state.set_status("succeeded" if exit_code == 0 else "failed", summary.error or "")
     _check_read_noise(summary, repo, cfg, truth)
-    _write_run_outputs(summary, state, repo, cfg, truth, summary_json, report)
+    _write_run_outputs(summary, state, repo, cfg, truth, summary_json, report, report_worker)
     status = "SUCCESS" if exit_code == 0 else f"FAILED ({summary.error})"
     _progress(f"{run_cfg.instrument} daily calibration, run {state.run_id}: {status}")
     for name, outcome in summary.calibrations.items():

@@ -287,10 +287,12 @@ class ScriptConfig:
     values: Mapping[str, Any]
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+        # Only called for names that are not attributes; ``values`` itself is
+        # missing while an instance is being unpickled.
+        values = self.__dict__.get("values")
+        if values is None or name not in values:
+            raise AttributeError(name)
+        return values[name]
 
     @property
     def image_types(self) -> list[str]:

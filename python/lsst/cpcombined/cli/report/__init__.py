@@ -25,12 +25,22 @@ run.
 
 from __future__ import annotations
 
-__all__ = ("ReportContext", "build_report", "read_noise_checks", "read_noise_summary", "write_report")
+__all__ = (
+    "SECTION_COST",
+    "ReportContext",
+    "ReportWorker",
+    "build_report",
+    "build_sections",
+    "read_noise_checks",
+    "read_noise_summary",
+    "report_sections",
+    "write_report",
+)
 
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .amp_tables import amp_table_section
@@ -39,6 +49,7 @@ from .context import ReportContext
 from .defects import defects_section
 from .history_section import history_section
 from .page import esc, note, page
+from .parallel import RenderedSection, ReportWorker, split_sections
 from .products import products_section
 from .ptc import ptc_section
 from .read_noise import read_noise_checks, read_noise_section, read_noise_summary
@@ -51,7 +62,31 @@ _LOG = logging.getLogger(__name__)
 _TITLES = {"bias": "Bias", "dark": "Dark", "flat": "Flat"}
 
 
-def _section(ctx: ReportContext, anchor: str, title: str, build: Callable[[], str]) -> str:
+#: A section: anchor, title and what builds its HTML body.
+Section = tuple[str, str, Callable[[], str]]
+
+#: CPU seconds each section took on a full-size LATISS run (the defaults
+#: for splitting the sections between two processes; a section not named
+#: here counts 1).
+SECTION_COST = {
+    "bias-images": 2.2,
+    "dark-images": 1.7,
+    "flat-images": 1.9,
+    "bias-amps": 1.3,
+    "dark-amps": 1.5,
+    "flat-amps": 1.6,
+    "ptc": 1.4,
+    "truth": 3.4,
+    "history": 2.9,
+    "decisions": 0.2,
+    "timings": 0.2,
+    "previous": 0.1,
+}
+
+
+def render_section(ctx: ReportContext, anchor: str, title: str, build: Callable[[], str]) -> str:
+    """One section's HTML; a section that fails says why in place and adds
+    a finding (the report never fails)."""
     t0 = time.monotonic()
     try:
         body = build()
@@ -65,19 +100,20 @@ def _section(ctx: ReportContext, anchor: str, title: str, build: Callable[[], st
     return f"<section id='{esc(anchor)}'><h2>{esc(title)}</h2>{body}</section>"
 
 
-def build_report(ctx: ReportContext, *, repo: str = "") -> str:
-    """The report page of a run (see the module documentation)."""
-    summary = ctx.summary
-    sections: list[tuple[str, str]] = []
-    body: list[str] = []
+def report_sections(ctx: ReportContext) -> list[Section]:
+    """The sections of a run's report, in page order (see the module
+    documentation); nothing is built until a section's builder is called."""
+    sections: list[Section] = []
 
     def add(anchor: str, title: str, build: Callable[[], str]) -> None:
-        sections.append((anchor, title))
-        body.append(_section(ctx, anchor, title, build))
+        sections.append((anchor, title, build))
 
     add("decisions", "Decisions and certification", lambda: decisions_section(ctx))
-    checks = read_noise_checks(ctx)
-    add("read-noise", "Read noise: measured, fitted and nominal", lambda: read_noise_section(ctx, checks))
+    add(
+        "read-noise",
+        "Read noise: measured, fitted and nominal",
+        lambda: read_noise_section(ctx, read_noise_checks(ctx)),
+    )
     for calib_type in ("bias", "dark", "flat"):
         if ctx.outcome(calib_type) is None:
             continue
@@ -110,6 +146,53 @@ def build_report(ctx: ReportContext, *, repo: str = "") -> str:
         add("truth", "Comparison with the simulated truth", lambda: truth_section(ctx, "truth"))
     add("history", "History across days", lambda: history_section(ctx, "history"))
     add("timings", "Timings of the steps", lambda: timings_section(ctx))
+    return sections
+
+
+def build_sections(ctx: ReportContext, anchors: Iterable[str] | None = None) -> list[RenderedSection]:
+    """Build sections (all, or those of ``anchors``) in page order, each
+    with the findings it added to ``ctx``."""
+    wanted = None if anchors is None else set(anchors)
+    out = []
+    for anchor, title, build in report_sections(ctx):
+        if wanted is not None and anchor not in wanted:
+            continue
+        first = len(ctx.findings)
+        html = render_section(ctx, anchor, title, build)
+        out.append(RenderedSection(anchor, html, ctx.findings[first:]))
+    return out
+
+
+def build_report(ctx: ReportContext, *, repo: str = "", worker: ReportWorker | None = None) -> str:
+    """The report page of a run (see the module documentation).
+
+    Parameters
+    ----------
+    ctx
+        What the report reads.
+    repo
+        Repository (shown in the page).
+    worker
+        A `ReportWorker` that builds about half of the sections (by
+        `SECTION_COST`) while this process builds the others; sections it
+        does not deliver are built here.  The page is the same either way.
+    """
+    summary = ctx.summary
+    sections = report_sections(ctx)
+    built: dict[str, RenderedSection] = {}
+    if worker is not None:
+        theirs = split_sections([a for a, _, _ in sections], SECTION_COST)
+        submitted = worker.submit(repo, ctx, theirs)
+        ours = [a for a, _, _ in sections if a not in theirs or not submitted]
+        built.update((r.anchor, r) for r in build_sections(ctx, ours))
+        if submitted:
+            built.update((r.anchor, r) for r in worker.result())
+    missing = [a for a, _, _ in sections if a not in built]
+    if missing:
+        built.update((r.anchor, r) for r in build_sections(ctx, missing))
+    # Findings in page order, as one process building every section adds them.
+    ctx.findings[:] = [f for a, _, _ in sections for f in built[a].findings]
+    body = [built[a].html for a, _, _ in sections]
 
     status = "SUCCESS" if summary.success else "FAILED"
     head = [
@@ -119,7 +202,7 @@ def build_report(ctx: ReportContext, *, repo: str = "") -> str:
         + ("; simulated camera" if ctx.truth is not None else "")
         + ".</p>",
         verdict_section(ctx),
-        "<nav class='toc'>" + "".join(f"<a href='#{esc(a)}'>{esc(t)}</a>" for a, t in sections) + "</nav>",
+        "<nav class='toc'>" + "".join(f"<a href='#{esc(a)}'>{esc(t)}</a>" for a, t, _ in sections) + "</nav>",
     ]
     title = f"{ctx.instrument} calibrations {summary.run_id}"
     return page(title, head + body)
@@ -134,6 +217,7 @@ def write_report(
     truth: Any = None,
     butler: Any = None,
     sessions: Any = None,
+    worker: ReportWorker | None = None,
 ) -> ReportContext:
     """Write the HTML report of a run.
 
@@ -156,6 +240,9 @@ def write_report(
     sessions
         The invocations of the run (the run state's ``sessions``), for the
         timings of a resumed run.
+    worker
+        A `ReportWorker` to build about half of the sections in parallel
+        (see `build_report`).
 
     Returns
     -------
@@ -167,7 +254,7 @@ def write_report(
     t0 = time.monotonic()
     butler = butler or Butler.from_config(repo, writeable=False)
     ctx = ReportContext(butler, summary, config, truth, sessions)
-    text = build_report(ctx, repo=str(repo))
+    text = build_report(ctx, repo=str(repo), worker=worker)
     tmp = f"{os.fspath(path)}.tmp"
     with open(tmp, "w") as f:
         f.write(text)
