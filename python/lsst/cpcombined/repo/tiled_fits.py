@@ -59,6 +59,7 @@ from typing import Any
 import astropy.io.fits as fits
 import numpy as np
 
+from ..algorithms.byteshuffle import pack_tiles, unpack_tiles
 from ..algorithms.quantize import BLANK_VALUE, N_RANDOM, decode_dequantize_rows, quantize_encode_rows
 from ..algorithms.rice import BLOCK_SIZE, decode_rows, encode_rows
 
@@ -137,13 +138,9 @@ def _map_chunks(func: Any, n: int) -> list[Any]:
 
 def _gzip_encode_rows(array: np.ndarray, shuffle: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gzip tiles of one row each: the coded heap, tile sizes and offsets."""
-    ny, nx = array.shape
-    bytepix = array.dtype.itemsize
-    stored = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder(">")).view(np.uint8)
-    stored = stored.reshape(ny, nx, bytepix)
-    if shuffle and bytepix > 1:
-        stored = np.ascontiguousarray(stored.transpose(0, 2, 1))
-    rows = stored.reshape(ny, nx * bytepix)
+    ny = array.shape[0]
+    rows = pack_tiles(array, 1, shuffle=shuffle)
+
     def code(lo: int, hi: int) -> list[bytes]:
         tiles = []
         for y in range(lo, hi):
@@ -173,23 +170,25 @@ def _gzip_decode_rows(
     (native byte order)."""
     rows, nx = out.shape
     bytepix = out.dtype.itemsize
-    stored = np.empty((rows, nx * bytepix), dtype=np.uint8)
+    stored = np.empty(rows * nx * bytepix, dtype=np.uint8)
+    tile_bytes = rows_per_tile * nx * bytepix
     ntiles = (rows + rows_per_tile - 1) // rows_per_tile
 
     def decode(lo: int, hi: int) -> None:
         for t in range(lo, hi):
-            y0, y1 = t * rows_per_tile, min(rows, (t + 1) * rows_per_tile)
+            target = stored[t * tile_bytes : (t + 1) * tile_bytes]
             data = zlib.decompress(heap[offsets[first_tile + t] :][: counts[first_tile + t]], 47)
-            target = stored[y0:y1].reshape(-1)
             if len(data) != target.size:
                 raise ValueError(f"tile {first_tile + t} holds {len(data)} bytes, not {target.size}")
-            coded = np.frombuffer(data, dtype=np.uint8)
-            if shuffle and bytepix > 1:
-                coded = coded.reshape(bytepix, -1).T
-            target.reshape(-1, bytepix)[...] = coded.reshape(-1, bytepix)
+            target[...] = np.frombuffer(data, dtype=np.uint8)
 
     _map_chunks(decode, ntiles)
-    out[...] = stored.view(out.dtype.newbyteorder(">")).reshape(rows, nx)
+    if out.flags.c_contiguous and out.dtype.isnative:
+        unpack_tiles(stored, out, rows_per_tile, shuffle=shuffle)
+    else:
+        native = np.empty(out.shape, dtype=out.dtype.newbyteorder("="))
+        unpack_tiles(stored, native, rows_per_tile, shuffle=shuffle)
+        out[...] = native
 
 
 def compressed_image_hdu(
