@@ -258,6 +258,31 @@ def test_report_built_in_two_processes_is_the_same_page(daily):
     assert [f.text for f in alone.findings] == [f.text for f in both.findings]
 
 
+def test_the_runs_report_is_the_page_built_afterwards(daily):
+    """The run writes its report in two processes, reusing what the
+    read-noise check read: the page is the one built afterwards, from the
+    finished run, in one process."""
+    from lsst.cpcombined.cli.report import write_report
+    from lsst.cpcombined.script.schema import validate_config
+    from lsst.cpcombined.script.state import RunState
+
+    tmp, repo, summary, truth = daily
+    doc = yaml.safe_load(DAILY.read_text())
+    for key in ("instrument", "simulation", "execution"):
+        doc.pop(key, None)
+    cfg = validate_config({**doc, "repo": str(repo)}, "LATISS")
+    state = RunState(_run_dir(repo, summary.run_id).with_suffix(".json"))
+    write_report(
+        tmp / "afterwards.html",
+        summary,
+        repo=str(repo),
+        config=cfg,
+        truth=truth,
+        sessions=state.get("sessions", []),
+    )
+    assert (tmp / "r.html").read_text() == (tmp / "afterwards.html").read_text()
+
+
 # -- a noisy amplifier -------------------------------------------------------------
 
 SMALL = {"seed": 3, "geometry_scale": 0.125}

@@ -315,23 +315,25 @@ def run_directory(state: RunState) -> Path:
     return state.path.parent / state.run_id
 
 
-def _check_read_noise(summary: RunSummary, repo: Path, cfg: ScriptConfig, truth: SimulationTruth) -> None:
+def _check_read_noise(summary: RunSummary, repo: Path, cfg: ScriptConfig, truth: SimulationTruth) -> Any:
     """Compare the measured, fitted and nominal read noise of every
     amplifier (`lsst.cpcombined.cli.report.read_noise`): the values and the
     disagreements go to the summary (``extra["read_noise"]`` of the bias,
     else of the PTC) and the disagreements to the log.  Never fails the
-    run."""
+    run.  Returns the `~lsst.cpcombined.cli.report.ReportContext` it read
+    (the report reuses what it read), or `None`."""
     target = summary.calibrations.get("bias") or summary.calibrations.get("ptc")
     if target is None:
-        return
+        return None
     try:
         from ..cli.report import ReportContext, read_noise_checks, read_noise_summary
 
         butler = Butler.from_config(str(repo), writeable=False)
-        checks = read_noise_checks(ReportContext(butler, summary, cfg, truth))
+        context = ReportContext(butler, summary, cfg, truth)
+        checks = read_noise_checks(context)
     except Exception as err:  # a check must never fail the run
         _LOG.warning("Read-noise check not available: %s", err)
-        return
+        return None
     result = read_noise_summary(checks)
     target.extra["read_noise"] = result
     measured = [c.overscan.value for c in checks if c.overscan.valid]
@@ -345,6 +347,7 @@ def _check_read_noise(summary: RunSummary, repo: Path, cfg: ScriptConfig, truth:
         for line in result["flags"]:
             _progress(f"  {line}")
             _LOG.warning("Read noise disagreement: %s", line)
+    return context
 
 
 def _write_run_outputs(
@@ -356,6 +359,7 @@ def _write_run_outputs(
     summary_json: Path | None,
     report: Path | None,
     report_worker: Any = None,
+    context: Any = None,
 ) -> None:
     """Write the summary and the report into the run's directory (so that no
     later run overwrites them), and copy them to the requested paths."""
@@ -379,6 +383,7 @@ def _write_run_outputs(
             truth=truth,
             sessions=state.get("sessions", []),
             worker=report_worker,
+            context=context,
         )
     except Exception as err:  # the report must never fail the run
         _LOG.warning("Report not written: %s", err, exc_info=_LOG.isEnabledFor(logging.DEBUG))
@@ -569,8 +574,8 @@ def _run_procedure(
         state.set_status("stopped", "interrupted")
     else:
         state.set_status("succeeded" if exit_code == 0 else "failed", summary.error or "")
-    _check_read_noise(summary, repo, cfg, truth)
-    _write_run_outputs(summary, state, repo, cfg, truth, summary_json, report, report_worker)
+    context = _check_read_noise(summary, repo, cfg, truth)
+    _write_run_outputs(summary, state, repo, cfg, truth, summary_json, report, report_worker, context)
     status = "SUCCESS" if exit_code == 0 else f"FAILED ({summary.error})"
     _progress(f"{run_cfg.instrument} daily calibration, run {state.run_id}: {status}")
     for name, outcome in summary.calibrations.items():

@@ -174,19 +174,23 @@ def build_report(ctx: ReportContext, *, repo: str = "", worker: ReportWorker | N
         Repository (shown in the page).
     worker
         A `ReportWorker` that builds about half of the sections (by
-        `SECTION_COST`) while this process builds the others; sections it
+        `SECTION_COST`) while this process builds the others, besides the
+        sections sent to it before (`ReportWorker.submitted`); sections it
         does not deliver are built here.  The page is the same either way.
     """
     summary = ctx.summary
     sections = report_sections(ctx)
     built: dict[str, RenderedSection] = {}
     if worker is not None:
-        theirs = split_sections([a for a, _, _ in sections], SECTION_COST)
-        submitted = worker.submit(repo, ctx, theirs)
-        ours = [a for a, _, _ in sections if a not in theirs or not submitted]
-        built.update((r.anchor, r) for r in build_sections(ctx, ours))
-        if submitted:
-            built.update((r.anchor, r) for r in worker.result())
+        # Sections sent early (while the run went on) are the worker's; the
+        # others are split between it and this process.
+        early = set(worker.submitted)
+        rest = [a for a, _, _ in sections if a not in early]
+        theirs = split_sections(rest, SECTION_COST) if rest else []
+        if not worker.submit(repo, ctx, theirs):
+            theirs = []
+        built.update((r.anchor, r) for r in build_sections(ctx, [a for a in rest if a not in theirs]))
+        built.update((r.anchor, r) for r in worker.result() if r.anchor not in built)
     missing = [a for a, _, _ in sections if a not in built]
     if missing:
         built.update((r.anchor, r) for r in build_sections(ctx, missing))
@@ -218,6 +222,7 @@ def write_report(
     butler: Any = None,
     sessions: Any = None,
     worker: ReportWorker | None = None,
+    context: ReportContext | None = None,
 ) -> ReportContext:
     """Write the HTML report of a run.
 
@@ -243,6 +248,10 @@ def write_report(
     worker
         A `ReportWorker` to build about half of the sections in parallel
         (see `build_report`).
+    context
+        A `ReportContext` of the same run read before (e.g. by the
+        read-noise check): what it read and cannot have changed is reused
+        (`ReportContext.renew`); ``butler`` is then its butler.
 
     Returns
     -------
@@ -252,8 +261,12 @@ def write_report(
     from lsst.daf.butler import Butler
 
     t0 = time.monotonic()
-    butler = butler or Butler.from_config(repo, writeable=False)
-    ctx = ReportContext(butler, summary, config, truth, sessions)
+    if context is not None:
+        ctx = context
+        ctx.renew(summary, config, truth, sessions)
+    else:
+        butler = butler or Butler.from_config(repo, writeable=False)
+        ctx = ReportContext(butler, summary, config, truth, sessions)
     text = build_report(ctx, repo=str(repo), worker=worker)
     tmp = f"{os.fspath(path)}.tmp"
     with open(tmp, "w") as f:

@@ -100,6 +100,19 @@ class ReportContext:
         self.findings: list[Finding] = []
         self._cache: dict[tuple, Any] = {}
 
+    #: Cache entries that stay true for the rest of a run once they exist: a
+    #: dataset found in this run's output collection, the pixels of a
+    #: stored file, the simulated truth.
+    _LASTING = ("ref", "product", "truth")
+
+    def renew(self, summary: Any, config: Any = None, truth: Any = None, sessions: Any = None) -> None:
+        """Describe the same run at a later moment (a newer summary):
+        keep what was read that cannot have changed since (`_LASTING`
+        entries that exist), forget the rest and the findings."""
+        kept = {k: v for k, v in self._cache.items() if k[0] in self._LASTING and v is not None}
+        self.__init__(self.butler, summary, config, truth, sessions)  # type: ignore[misc]
+        self._cache.update(kept)
+
     # -- helpers -------------------------------------------------------------------
 
     def _cached(self, key: tuple, make: Callable[[], Any]) -> Any:
