@@ -13,7 +13,7 @@ per quantum) comes back through the worker's pipe ahead of its result.
 
 from __future__ import annotations
 
-__all__ = ("WarmWorker", "WorkerDied", "die_with_parent")
+__all__ = ("WarmWorker", "WorkerDied", "close_process", "die_with_parent", "kill_process")
 
 import logging
 import multiprocessing
@@ -52,6 +52,24 @@ def die_with_parent(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_process(process: Any, conn: Any) -> None:
+    """End a helper process now and close its pipe."""
+    if process.is_alive():
+        process.kill()
+    process.join(timeout=10)
+    conn.close()
+
+
+def close_process(process: Any, conn: Any) -> None:
+    """Let a helper process exit by closing its pipe (its loop ends on
+    EOF); killed if it has not ended after 10 s."""
+    conn.close()
+    process.join(timeout=10)
+    if process.is_alive():
+        process.kill()
+        process.join(timeout=10)
 
 
 class WorkerDied(RuntimeError):
@@ -155,15 +173,8 @@ class WarmWorker:
 
     def kill(self) -> None:
         """End the process now."""
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=10)
-        self._conn.close()
+        kill_process(self.process, self._conn)
 
     def close(self) -> None:
         """Let an idle worker exit (closing its pipe ends its loop)."""
-        self._conn.close()
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout=10)
+        close_process(self.process, self._conn)

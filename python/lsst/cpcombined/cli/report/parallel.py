@@ -161,15 +161,12 @@ class ReportWorker:
 
     def kill(self) -> None:
         """End the process now."""
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=10)
-        self._conn.close()
+        from ...script.worker import kill_process
+
+        kill_process(self.process, self._conn)
 
     def close(self) -> None:
         """Let the worker exit (closing its pipe ends its loop)."""
-        self._conn.close()
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout=10)
+        from ...script.worker import close_process
+
+        close_process(self.process, self._conn)
