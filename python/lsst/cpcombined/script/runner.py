@@ -490,9 +490,68 @@ def _run_locked(
     """Run the procedure on a chosen run (the repository lock is held)."""
     report_worker = _report_worker()
     try:
-        return _run_procedure(
-            run_cfg, cfg, script_cfg, truth, repo, state, summary_json, report, report_worker
+        pipelines = _pipeline_service(repo, run_cfg.execution)
+        pipelines.progress = _progress
+        core = MakeCalibrationsCore(
+            run_cfg.instrument,
+            camera=LocalSimulatedCamera(repo, truth, list(cfg.detectors), cfg.wait_between_exposures),
+            raw_waiter=ButlerRawWaiter(repo, run_cfg.instrument),
+            pipelines=pipelines,
+            state_store=state,
+            progress=_progress,
         )
+        # A resumed run's summary keeps the steps of its earlier sessions.
+        earlier = [StepRecord(**step) for step in state.get("steps", []) or [] if isinstance(step, dict)]
+        core.summary.steps.extend(earlier)
+        sessions = list(state.get("sessions", []) or [])
+        sessions.append({"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
+        state.set("sessions", sessions)
+
+        async def main() -> RunSummary:
+            loop = asyncio.get_running_loop()
+            task = asyncio.current_task()
+            assert task is not None
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+            await core.configure(script_cfg)
+            try:
+                return await core.run()
+            finally:
+                await core.cleanup()
+
+        exit_code = 0
+        try:
+            summary = asyncio.run(main())
+        except ProcedureError:
+            summary = core.summary
+            exit_code = 1
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            summary = core.summary
+            summary.success = False
+            summary.error = "interrupted (SIGINT/SIGTERM); resume by running the same command again"
+            exit_code = 130
+        finally:
+            if hasattr(pipelines, "close"):
+                pipelines.close()
+        if not summary.success and exit_code == 0:
+            exit_code = 1
+        if exit_code == 0:
+            exit_code = _remove_intermediates(run_cfg, summary, state, repo)
+        if exit_code == 130:
+            state.set_status("stopped", "interrupted")
+        else:
+            state.set_status("succeeded" if exit_code == 0 else "failed", summary.error or "")
+        context = _check_read_noise(summary, repo, cfg, truth)
+        _write_run_outputs(summary, state, repo, cfg, truth, summary_json, report, report_worker, context)
+        status = "SUCCESS" if exit_code == 0 else f"FAILED ({summary.error})"
+        _progress(f"{run_cfg.instrument} daily calibration, run {state.run_id}: {status}")
+        for name, outcome in summary.calibrations.items():
+            _progress(
+                f"  {name:8s} decision={outcome.decision:12s} certified={outcome.certified} "
+                f"{outcome.calib_collection or ''}"
+            )
+            for warning in outcome.warnings:
+                _progress(f"           warning: {warning}")
+        return exit_code, summary
     finally:
         if report_worker is not None:
             report_worker.close()
@@ -511,78 +570,3 @@ def _report_worker() -> Any:
     except Exception as err:  # noqa: BLE001 - the report is then built in one process
         _LOG.info("Report worker not started: %s", err)
         return None
-
-
-def _run_procedure(
-    run_cfg: RunConfig,
-    cfg: ScriptConfig,
-    script_cfg: dict[str, Any],
-    truth: SimulationTruth,
-    repo: Path,
-    state: RunState,
-    summary_json: Path | None,
-    report: Path | None,
-    report_worker: Any,
-) -> tuple[int, RunSummary]:
-    pipelines = _pipeline_service(repo, run_cfg.execution)
-    pipelines.progress = _progress
-    core = MakeCalibrationsCore(
-        run_cfg.instrument,
-        camera=LocalSimulatedCamera(repo, truth, list(cfg.detectors), cfg.wait_between_exposures),
-        raw_waiter=ButlerRawWaiter(repo, run_cfg.instrument),
-        pipelines=pipelines,
-        state_store=state,
-        progress=_progress,
-    )
-    # A resumed run's summary keeps the steps of its earlier sessions.
-    earlier = [StepRecord(**step) for step in state.get("steps", []) or [] if isinstance(step, dict)]
-    core.summary.steps.extend(earlier)
-    sessions = list(state.get("sessions", []) or [])
-    sessions.append({"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
-    state.set("sessions", sessions)
-
-    async def main() -> RunSummary:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        await core.configure(script_cfg)
-        try:
-            return await core.run()
-        finally:
-            await core.cleanup()
-
-    exit_code = 0
-    try:
-        summary = asyncio.run(main())
-    except ProcedureError:
-        summary = core.summary
-        exit_code = 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        summary = core.summary
-        summary.success = False
-        summary.error = "interrupted (SIGINT/SIGTERM); resume by running the same command again"
-        exit_code = 130
-    finally:
-        if hasattr(pipelines, "close"):
-            pipelines.close()
-    if not summary.success and exit_code == 0:
-        exit_code = 1
-    if exit_code == 0:
-        exit_code = _remove_intermediates(run_cfg, summary, state, repo)
-    if exit_code == 130:
-        state.set_status("stopped", "interrupted")
-    else:
-        state.set_status("succeeded" if exit_code == 0 else "failed", summary.error or "")
-    context = _check_read_noise(summary, repo, cfg, truth)
-    _write_run_outputs(summary, state, repo, cfg, truth, summary_json, report, report_worker, context)
-    status = "SUCCESS" if exit_code == 0 else f"FAILED ({summary.error})"
-    _progress(f"{run_cfg.instrument} daily calibration, run {state.run_id}: {status}")
-    for name, outcome in summary.calibrations.items():
-        _progress(
-            f"  {name:8s} decision={outcome.decision:12s} certified={outcome.certified} "
-            f"{outcome.calib_collection or ''}"
-        )
-        for warning in outcome.warnings:
-            _progress(f"           warning: {warning}")
-    return exit_code, summary

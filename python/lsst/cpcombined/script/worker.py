@@ -13,7 +13,7 @@ per quantum) comes back through the worker's pipe ahead of its result.
 
 from __future__ import annotations
 
-__all__ = ("WarmWorker", "WorkerDied", "close_process", "die_with_parent", "kill_process")
+__all__ = ("HelperProcess", "WarmWorker", "WorkerDied", "die_with_parent")
 
 import logging
 import multiprocessing
@@ -54,22 +54,41 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_process(process: Any, conn: Any) -> None:
-    """End a helper process now and close its pipe."""
-    if process.is_alive():
-        process.kill()
-    process.join(timeout=10)
-    conn.close()
+class HelperProcess:
+    """A spawned helper process of this one, spoken to through a pipe: it
+    runs ``target(conn, parent_pid)`` (a loop that ends when the pipe is
+    closed) and dies with this process.
 
+    Parameters
+    ----------
+    target
+        The child's function (module level: the process is spawned).
+    name
+        Process name.
+    """
 
-def close_process(process: Any, conn: Any) -> None:
-    """Let a helper process exit by closing its pipe (its loop ends on
-    EOF); killed if it has not ended after 10 s."""
-    conn.close()
-    process.join(timeout=10)
-    if process.is_alive():
-        process.kill()
-        process.join(timeout=10)
+    def __init__(self, target: Any, name: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=target, args=(child, os.getpid()), daemon=True, name=name)
+        self.process.start()
+        child.close()
+
+    def kill(self) -> None:
+        """End the process now."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=10)
+        self._conn.close()
+
+    def close(self) -> None:
+        """Let the process exit (closing its pipe ends its loop); killed if
+        it has not ended after 10 s."""
+        self._conn.close()
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=10)
 
 
 class WorkerDied(RuntimeError):
@@ -108,7 +127,7 @@ def _worker_loop(
         conn.send(("result", res.exit_code, [] if res.ok else [res.error_summary()]))
 
 
-class WarmWorker:
+class WarmWorker(HelperProcess):
     """A pipetask worker process (started at once, imports in the background).
 
     Jobs run one at a time: `run` blocks until the job ends, so call it from
@@ -117,13 +136,7 @@ class WarmWorker:
     """
 
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_worker_loop, args=(child, os.getpid()), daemon=True, name="cpcombined-pipetask"
-        )
-        self.process.start()
-        child.close()
+        super().__init__(_worker_loop, "cpcombined-pipetask")
 
     @property
     def pid(self) -> int | None:
@@ -170,11 +183,3 @@ class WarmWorker:
             raise WorkerDied(
                 f"pipetask worker process {self.pid} ended (exit code {self.process.exitcode})"
             ) from err
-
-    def kill(self) -> None:
-        """End the process now."""
-        kill_process(self.process, self._conn)
-
-    def close(self) -> None:
-        """Let an idle worker exit (closing its pipe ends its loop)."""
-        close_process(self.process, self._conn)

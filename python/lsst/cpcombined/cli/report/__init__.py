@@ -174,23 +174,19 @@ def build_report(ctx: ReportContext, *, repo: str = "", worker: ReportWorker | N
         Repository (shown in the page).
     worker
         A `ReportWorker` that builds about half of the sections (by
-        `SECTION_COST`) while this process builds the others, besides the
-        sections sent to it before (`ReportWorker.submitted`); sections it
+        `SECTION_COST`) while this process builds the others; sections it
         does not deliver are built here.  The page is the same either way.
     """
     summary = ctx.summary
     sections = report_sections(ctx)
     built: dict[str, RenderedSection] = {}
     if worker is not None:
-        # Sections sent early (while the run went on) are the worker's; the
-        # others are split between it and this process.
-        early = set(worker.submitted)
-        rest = [a for a, _, _ in sections if a not in early]
-        theirs = split_sections(rest, SECTION_COST) if rest else []
+        theirs = split_sections([a for a, _, _ in sections], SECTION_COST)
         if not worker.submit(repo, ctx, theirs):
             theirs = []
-        built.update((r.anchor, r) for r in build_sections(ctx, [a for a in rest if a not in theirs]))
-        built.update((r.anchor, r) for r in worker.result() if r.anchor not in built)
+        ours = [a for a, _, _ in sections if a not in theirs]
+        built.update((r.anchor, r) for r in build_sections(ctx, ours))
+        built.update((r.anchor, r) for r in worker.result())
     missing = [a for a, _, _ in sections if a not in built]
     if missing:
         built.update((r.anchor, r) for r in build_sections(ctx, missing))

@@ -21,10 +21,10 @@ import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
-import os
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ...script.worker import HelperProcess
 
 _LOG = logging.getLogger(__name__)
 
@@ -77,53 +77,35 @@ def _worker_loop(
 
     from . import ReportContext, build_sections
 
-    ctx = None
-    opened = None
     while True:
         try:
             repo, summary, config, truth, sessions, anchors = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            if ctx is None or opened != repo:
-                butler = Butler.from_config(repo, writeable=False)
-                ctx = ReportContext(butler, summary, config, truth, sessions)
-                opened = repo
-            else:  # what earlier jobs read stays cached
-                ctx.renew(summary, config, truth, sessions)
+            ctx = ReportContext(Butler.from_config(repo, writeable=False), summary, config, truth, sessions)
             conn.send(("result", build_sections(ctx, anchors)))
         except Exception as err:  # noqa: BLE001 - the caller builds what is missing
             conn.send(("error", f"{type(err).__name__}: {err}"))
 
 
-class ReportWorker:
+class ReportWorker(HelperProcess):
     """A process that builds report sections for `build_report`.
 
-    Started at once (imports in the background).  Jobs run one after the
-    other in the order sent; what a job read and cannot have changed stays
-    cached for the later ones (`ReportContext.renew`).
+    Started at once (imports in the background); one job at a time.
     """
 
     #: Seconds `result` waits for the worker's sections.
     timeout = 600.0
 
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_worker_loop, args=(child, os.getpid()), daemon=True, name="cpcombined-report"
-        )
-        self.process.start()
-        child.close()
-        self._pending = 0
-        #: Anchors of the sections sent and not collected yet by `result`.
-        self.submitted: list[str] = []
+        super().__init__(_worker_loop, "cpcombined-report")
+        self._pending = False
 
     def submit(self, repo: str, ctx: Any, anchors: Sequence[str]) -> bool:
         """Ask for the sections ``anchors`` of the report ``ctx`` describes
-        (its ``summary``, ``config``, ``truth`` and ``sessions`` are sent as
-        they are now; the worker opens ``repo`` itself).  Returns whether
-        the job was sent."""
+        (its summary, configuration, truth and sessions are sent; the worker
+        opens ``repo`` itself).  Returns whether the job was sent."""
         if not anchors or not repo or not self.process.is_alive():
             return False
         try:
@@ -131,42 +113,24 @@ class ReportWorker:
         except (OSError, ValueError, TypeError, AttributeError) as err:
             _LOG.info("Report worker not used: %s", err)
             return False
-        self._pending += 1
-        self.submitted.extend(anchors)
+        self._pending = True
         return True
 
     def result(self) -> list[RenderedSection]:
-        """The sections of every job sent and not collected yet, in the
-        order sent (those of a job that failed are missing)."""
-        out: list[RenderedSection] = []
-        deadline = time.monotonic() + self.timeout
-        while self._pending:
-            self._pending -= 1
-            try:
-                if not self._conn.poll(max(0.0, deadline - time.monotonic())):
-                    _LOG.info("Report worker did not answer in %.0f s", self.timeout)
-                    self.kill()
-                    break
-                kind, value = self._conn.recv()
-            except (EOFError, OSError) as err:
-                _LOG.info("Report worker ended: %s", err)
-                break
-            if kind == "result":
-                out.extend(value)
-            else:
-                _LOG.info("Report worker failed: %s", value)
-        self._pending = 0
-        self.submitted = []
-        return out
-
-    def kill(self) -> None:
-        """End the process now."""
-        from ...script.worker import kill_process
-
-        kill_process(self.process, self._conn)
-
-    def close(self) -> None:
-        """Let the worker exit (closing its pipe ends its loop)."""
-        from ...script.worker import close_process
-
-        close_process(self.process, self._conn)
+        """The sections of the job sent last (none if the worker failed)."""
+        if not self._pending:
+            return []
+        self._pending = False
+        try:
+            if not self._conn.poll(self.timeout):
+                _LOG.info("Report worker did not answer in %.0f s", self.timeout)
+                self.kill()
+                return []
+            kind, value = self._conn.recv()
+        except (EOFError, OSError) as err:
+            _LOG.info("Report worker ended: %s", err)
+            return []
+        if kind != "result":
+            _LOG.info("Report worker failed: %s", value)
+            return []
+        return list(value)
