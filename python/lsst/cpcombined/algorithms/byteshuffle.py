@@ -22,7 +22,11 @@ _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 @njit(**_NJIT)
-def _pack(values, tile_pixels, bytepix, shuffle, stored):
+def _transfer(values, stored, tile_pixels, bytepix, shuffle, pack):
+    """Copy pixels to their stored bytes (``pack``) or back: byte ``k`` (most
+    significant first) of pixel ``i`` of a tile of ``m`` pixels starting at
+    byte ``base`` is stored at ``base + k * m + i`` when shuffled, else at
+    ``base + i * bytepix + k``."""
     n = values.shape[0]
     ntiles = (n + tile_pixels - 1) // tile_pixels
     for t in prange(ntiles):
@@ -30,29 +34,15 @@ def _pack(values, tile_pixels, bytepix, shuffle, stored):
         m = min(tile_pixels, n - start)
         base = start * bytepix
         for i in range(m):
-            v = np.uint64(values[start + i])
-            for k in range(bytepix):
-                byte = np.uint8((v >> np.uint64(8 * (bytepix - 1 - k))) & np.uint64(255))
-                if shuffle:
-                    stored[base + k * m + i] = byte
-                else:
-                    stored[base + i * bytepix + k] = byte
-
-
-@njit(**_NJIT)
-def _unpack(stored, tile_pixels, bytepix, shuffle, values):
-    n = values.shape[0]
-    ntiles = (n + tile_pixels - 1) // tile_pixels
-    for t in prange(ntiles):
-        start = t * tile_pixels
-        m = min(tile_pixels, n - start)
-        base = start * bytepix
-        for i in range(m):
-            v = np.uint64(0)
+            v = np.uint64(values[start + i]) if pack else np.uint64(0)
             for k in range(bytepix):
                 j = base + k * m + i if shuffle else base + i * bytepix + k
-                v = (v << np.uint64(8)) | np.uint64(stored[j])
-            values[start + i] = v
+                if pack:
+                    stored[j] = np.uint8((v >> np.uint64(8 * (bytepix - 1 - k))) & np.uint64(255))
+                else:
+                    v = (v << np.uint64(8)) | np.uint64(stored[j])
+            if not pack:
+                values[start + i] = v
 
 
 def _unsigned_view(array: np.ndarray) -> np.ndarray:
@@ -86,7 +76,7 @@ def pack_tiles(array: np.ndarray, tile_rows: int, *, shuffle: bool) -> np.ndarra
     ny, nx = array.shape
     bytepix = array.dtype.itemsize
     stored = np.empty((ny, nx * bytepix), dtype=np.uint8)
-    _pack(_unsigned_view(array), max(1, tile_rows) * nx, bytepix, shuffle, stored.reshape(-1))
+    _transfer(_unsigned_view(array), stored.reshape(-1), max(1, tile_rows) * nx, bytepix, shuffle, True)
     return stored
 
 
@@ -110,10 +100,11 @@ def unpack_tiles(stored: np.ndarray, out: np.ndarray, tile_rows: int, *, shuffle
     if stored.size != out.size * out.dtype.itemsize:
         raise ValueError(f"{stored.size} stored bytes for {out.size} pixels of {out.dtype}")
     nx = out.shape[-1] if out.ndim else 1
-    _unpack(
+    _transfer(
+        _unsigned_view(out),
         np.ascontiguousarray(stored).reshape(-1),
         max(1, tile_rows) * nx,
         out.dtype.itemsize,
         shuffle,
-        _unsigned_view(out),
+        False,
     )
