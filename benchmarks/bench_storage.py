@@ -173,7 +173,8 @@ def daily(tmp: Path, scale: float, instrument: str, detectors: list[int] | None)
     butler = Butler.from_config(str(repo), writeable=True)
     collections_ = [o.generated_collection for o in summary.calibrations.values() if o.generated_collection]
     t0 = time.perf_counter()
-    report = prune_intermediates(butler, resolve_runs(butler, collections=collections_))
+    runs = resolve_runs(butler, collections=collections_)
+    report = prune_intermediates(butler, runs)
     cleanup_s = time.perf_counter() - t0
     after, registry_after, _ = _bytes_by_type(repo)
     growth_after = _repository_bytes(repo) - empty
@@ -198,7 +199,6 @@ def daily(tmp: Path, scale: float, instrument: str, detectors: list[int] | None)
         f"{growth_after / 1e6:.1f} MB after ({growth_after / raw_bytes:.3f} x raws); "
         f"cleanup {cleanup_s:.1f} s: {report.lines()[-1]}"
     )
-    runs = resolve_runs(butler, collections=collections_)
     written = sum(
         os.path.getsize(butler.getURI(ref).ospath)
         for name in ("bias", "dark", "flat")

@@ -167,7 +167,7 @@ def _gzip_decode_rows(
     shuffle: bool,
 ) -> None:
     """Decode gzip tiles ``first_tile...`` (whole rows each) into ``out``
-    (native byte order)."""
+    (C-contiguous, native byte order)."""
     rows, nx = out.shape
     bytepix = out.dtype.itemsize
     stored = np.empty(rows * nx * bytepix, dtype=np.uint8)
@@ -183,12 +183,7 @@ def _gzip_decode_rows(
             target[...] = np.frombuffer(data, dtype=np.uint8)
 
     _map_chunks(decode, ntiles)
-    if out.flags.c_contiguous and out.dtype.isnative:
-        unpack_tiles(stored, out, rows_per_tile, shuffle=shuffle)
-    else:
-        native = np.empty(out.shape, dtype=out.dtype.newbyteorder("="))
-        unpack_tiles(stored, native, rows_per_tile, shuffle=shuffle)
-        out[...] = native
+    unpack_tiles(stored, out, rows_per_tile, shuffle=shuffle)
 
 
 def compressed_image_hdu(
