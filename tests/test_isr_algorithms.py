@@ -413,6 +413,62 @@ def test_bias_dark_flat_application():
         apply_calibrations(img, var, msk, bias=np.zeros((3, 3)))
 
 
+def _numpy_calibrations(image, variance, mask, b, d, t, f):
+    """`apply_calibrations` as whole-array numpy expressions (the oracle)."""
+    bad = np.zeros(image.shape, dtype=bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        image -= b.image
+        variance += b.variance
+        mask |= b.mask
+        bad |= np.isnan(b.image)
+        image -= d.image * t
+        variance += d.variance * (t * t)
+        mask |= d.mask
+        bad |= np.isnan(d.image)
+        flat_bad = ~(f.image > 0)
+        bad |= flat_bad
+        safe = np.where(flat_bad, 1.0, f.image).astype(np.float32)
+        image /= safe
+        variance /= safe * safe
+        variance += image * image * (f.variance / (safe * safe))
+        mask |= f.mask
+    image[bad] = np.nan
+    variance[bad] = np.nan
+    mask[bad] |= np.uint8(NO_DATA_BAD)
+
+
+def test_calibration_kernel_equals_the_numpy_formulas_bit_for_bit():
+    """The one-pass kernel of `apply_calibrations` gives exactly the float32
+    results of the array expressions it replaces, NaN calibration pixels
+    and bad flat values (zero, negative, so small that its square is 0)
+    included."""
+    rng = np.random.default_rng(4)
+    shape = (LAYOUT.detector_height, LAYOUT.detector_width)
+    regions = amp_regions(LAYOUT)
+
+    def plane(lo, hi):
+        return rng.uniform(lo, hi, shape).astype(np.float32)
+
+    image = plane(-50.0, 5e4)
+    image[3, :7] = np.nan
+    calib = {}
+    for name, lo, hi in (("bias", -5.0, 5.0), ("dark", 0.0, 0.2), ("flat", 0.8, 1.2)):
+        frame = CalibFrame(plane(lo, hi), plane(0.0, 1e-3), (rng.random(shape) < 0.01).astype(np.uint8) * 4)
+        frame.image[rng.random(shape) < 0.001] = np.nan
+        calib[name] = frame
+    calib["flat"].image[10, :3] = (0.0, -0.1, 1e-30)
+    t = 31.7
+    variance = make_variance(image, 6.3, regions, 1.7)
+    mask = (rng.random(shape) < 0.01).astype(np.uint8)
+    expected = [image.copy(), variance.copy(), mask.copy()]
+    _numpy_calibrations(*expected, calib["bias"], calib["dark"], t, calib["flat"])
+    got = [image.copy(), variance.copy(), mask.copy()]
+    apply_calibrations(*got, bias=calib["bias"], dark=calib["dark"], dark_time=t, flat=calib["flat"])
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+    assert np.isnan(got[0]).sum() > 0 and got[1][10, 2] == expected[1][10, 2]
+
+
 # ---------------------------------------------------------------------------
 # speed
 # ---------------------------------------------------------------------------
