@@ -23,6 +23,10 @@ A run configuration is the script configuration (SPEC §7 keys) plus:
     product made from them is certified (`lsst.cpcombined.repo.prune`; a
     step of the run, recorded in its state: a run killed while removing
     them finishes the removal when resumed).
+    ``reuse_freed_memory``: while the frames are processed, this process
+    and the warm pipeline workers keep freed memory for reuse instead of
+    returning every large block to the system (default ``true``;
+    `lsst.cpcombined.script.memory`).
 """
 
 from __future__ import annotations
@@ -59,13 +63,20 @@ from .core import (
     record_step,
 )
 from .local import ButlerRawWaiter, LocalPipelineService, LocalSimulatedCamera
+from .memory import freed_memory_reused
 from .schema import ConfigError, ScriptConfig, validate_config
 from .state import RunBook, RunState, config_key
 
 _LOG = logging.getLogger("lsst.cpcombined.script")
 
 _EXECUTION_KEYS = {
-    "pipeline_mode", "max_jobs", "bps_config", "bps_submit_root", "bps_extra_config", "keep_intermediates"
+    "pipeline_mode",
+    "max_jobs",
+    "bps_config",
+    "bps_submit_root",
+    "bps_extra_config",
+    "keep_intermediates",
+    "reuse_freed_memory",
 }
 _PIPELINE_MODES = ("inprocess", "workers", "subprocess", "bps")
 
@@ -118,11 +129,9 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
     max_jobs = execution.get("max_jobs")
     if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
         raise ConfigError(f"{path}: execution.max_jobs must be a positive integer, got {max_jobs!r}")
-    if not isinstance(execution.get("keep_intermediates", False), bool):
-        raise ConfigError(
-            f"{path}: execution.keep_intermediates must be true or false, "
-            f"got {execution['keep_intermediates']!r}"
-        )
+    for key in ("keep_intermediates", "reuse_freed_memory"):
+        if not isinstance(execution.get(key, False), bool):
+            raise ConfigError(f"{path}: execution.{key} must be true or false, got {execution[key]!r}")
     if "bps_extra_config" in execution and not isinstance(execution["bps_extra_config"], Mapping):
         raise ConfigError(f"{path}: execution.bps_extra_config must be a mapping")
     return RunConfig(instrument, doc, dict(simulation), dict(execution))
@@ -519,23 +528,27 @@ def _run_locked(
                 await core.cleanup()
 
         exit_code = 0
-        try:
-            summary = asyncio.run(main())
-        except ProcedureError:
-            summary = core.summary
-            exit_code = 1
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            summary = core.summary
-            summary.success = False
-            summary.error = "interrupted (SIGINT/SIGTERM); resume by running the same command again"
-            exit_code = 130
-        finally:
-            if hasattr(pipelines, "close"):
-                pipelines.close()
-        if not summary.success and exit_code == 0:
-            exit_code = 1
-        if exit_code == 0:
-            exit_code = _remove_intermediates(run_cfg, summary, state, repo)
+        # The frames are processed with freed memory reused (by this process
+        # and the warm workers started meanwhile); the report, afterwards,
+        # with glibc's defaults.
+        with freed_memory_reused(run_cfg.execution.get("reuse_freed_memory", True)):
+            try:
+                summary = asyncio.run(main())
+            except ProcedureError:
+                summary = core.summary
+                exit_code = 1
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                summary = core.summary
+                summary.success = False
+                summary.error = "interrupted (SIGINT/SIGTERM); resume by running the same command again"
+                exit_code = 130
+            finally:
+                if hasattr(pipelines, "close"):
+                    pipelines.close()
+            if not summary.success and exit_code == 0:
+                exit_code = 1
+            if exit_code == 0:
+                exit_code = _remove_intermediates(run_cfg, summary, state, repo)
         if exit_code == 130:
             state.set_status("stopped", "interrupted")
         else:
