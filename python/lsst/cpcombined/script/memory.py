@@ -9,9 +9,10 @@ kernel time per 65 MB array, more than the arithmetic of an ``a + b``.
 Told to serve large blocks from one heap and to keep what is freed there
 (``M_MMAP_MAX = 0``, a large ``M_TRIM_THRESHOLD``, one arena so that
 threads share the freed blocks), the allocator hands the same pages out
-again: the full-size LATISS daily run spends half the kernel time and
-finishes ~10 % sooner, with the same peak memory while it processes
-frames.  A process then keeps the memory of its peak until it ends.
+again: the full-size LATISS daily run spends half the kernel time
+(42 s -> 22 s) and finishes ~8 % sooner (137 s -> 126 s), its main
+process peaking at 2.9 GB instead of 3.4 GB.  A process keeps the memory
+of its peak until the scope ends.
 
 `freed_memory_reused` applies this to the calling process (``mallopt``)
 and, through glibc's environment variables, to the processes started in

@@ -42,7 +42,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -527,26 +527,11 @@ def _run_locked(
             finally:
                 await core.cleanup()
 
-        exit_code = 0
         # The frames are processed with freed memory reused (by this process
         # and the warm workers started meanwhile); the report, afterwards,
         # with glibc's defaults.
         with freed_memory_reused(run_cfg.execution.get("reuse_freed_memory", True)):
-            try:
-                summary = asyncio.run(main())
-            except ProcedureError:
-                summary = core.summary
-                exit_code = 1
-            except (KeyboardInterrupt, asyncio.CancelledError):
-                summary = core.summary
-                summary.success = False
-                summary.error = "interrupted (SIGINT/SIGTERM); resume by running the same command again"
-                exit_code = 130
-            finally:
-                if hasattr(pipelines, "close"):
-                    pipelines.close()
-            if not summary.success and exit_code == 0:
-                exit_code = 1
+            exit_code, summary = _process_frames(core, main, pipelines)
             if exit_code == 0:
                 exit_code = _remove_intermediates(run_cfg, summary, state, repo)
         if exit_code == 130:
@@ -568,6 +553,31 @@ def _run_locked(
     finally:
         if report_worker is not None:
             report_worker.close()
+
+
+def _process_frames(
+    core: MakeCalibrationsCore, main: Callable[[], Coroutine[Any, Any, RunSummary]], pipelines: Any
+) -> tuple[int, RunSummary]:
+    """Run the procedure's coroutine ``main`` to its end; return the exit
+    code (0, 1 when it failed, 130 when interrupted) and the summary.  The
+    pipeline service is closed whatever happens."""
+    exit_code = 0
+    try:
+        summary = asyncio.run(main())
+    except ProcedureError:
+        summary = core.summary
+        exit_code = 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        summary = core.summary
+        summary.success = False
+        summary.error = "interrupted (SIGINT/SIGTERM); resume by running the same command again"
+        exit_code = 130
+    finally:
+        if hasattr(pipelines, "close"):
+            pipelines.close()
+    if not summary.success and exit_code == 0:
+        exit_code = 1
+    return exit_code, summary
 
 
 def _report_worker() -> Any:

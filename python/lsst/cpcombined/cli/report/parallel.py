@@ -19,7 +19,6 @@ __all__ = ("RenderedSection", "ReportWorker", "split_sections")
 
 import dataclasses
 import logging
-import multiprocessing
 import multiprocessing.connection
 from collections.abc import Mapping, Sequence
 from typing import Any
