@@ -25,6 +25,7 @@ from lsst.cpcombined.algorithms.combine import (
     clipped_mean,
     clipped_stats,
     combine,
+    window_moments,
     write_npy_source,
 )
 
@@ -419,6 +420,35 @@ def test_clipped_stats_matches_astropy():
     # constant image: ties are kept
     assert clipped_stats(np.full((10, 10), 0.1)) == (pytest.approx(0.1, rel=1e-15), 0.0, 100)
     assert np.isnan(clipped_mean(np.full((3, 3), np.nan)))
+
+
+@pytest.mark.parametrize("nx", [1, 127, 128, 129, 509, 1000])
+def test_window_moments_match_numpy(nx):
+    """The lane-accumulated kernel gives numpy's count, mean and variance of
+    the good values in a window, whatever the row width, with NaN and
+    infinities outside every window (infinite bounds included)."""
+    rng = np.random.default_rng(nx)
+    image = rng.normal(500.0, 7.0, (37, nx)).astype(np.float32)
+    flat = image.reshape(-1)
+    flat[rng.choice(flat.size, max(1, flat.size // 50), replace=False)] = np.nan
+    flat[rng.choice(flat.size, max(1, flat.size // 50), replace=False)] = np.inf
+    flat[0] = -np.inf
+    bitmask = (rng.random(image.shape) < 0.1).astype(np.uint8) * BAD
+    finite = np.isfinite(image)
+    for lo, hi, use_mask in ((-np.inf, np.inf, False), (-np.inf, np.inf, True), (495.0, 510.0, True)):
+        good = finite & (image >= lo) & (image <= hi)
+        if use_mask:
+            good &= (bitmask & BAD) == 0
+        values = image[good].astype(np.float64)
+        n, mean, var = window_moments(image, lo, hi, 500.0, bitmask if use_mask else None, BAD)
+        assert n == values.size
+        if n:
+            assert mean == pytest.approx(values.mean(), rel=1e-13)
+            assert var == pytest.approx(values.var(), rel=1e-10)
+        # a 1-d input is one long row: the same numbers
+        row_mask = bitmask.reshape(-1) if use_mask else None
+        assert window_moments(image.reshape(-1), lo, hi, 500.0, row_mask, BAD)[0] == n
+    assert window_moments(image, np.nan, 510.0, 500.0)[0] == 0
 
 
 def test_bad_arguments():

@@ -921,29 +921,59 @@ def _combine_block(
                 m_row[x] = bad_bit if n_row[x] == 0 else np.uint8(0)
 
 
+_MW = 128  # accumulator lanes of `_masked_moments` (compile-time constant)
+
+
 @njit(parallel=True, **_NJIT)
 def _masked_moments(image, mask, use_mask, bad_bits, lo, hi, centre):
     """Per-row count, sum of ``x - centre`` and sum of ``(x - centre)**2`` of
-    the good values inside ``[lo, hi]`` (reduced in a fixed order)."""
+    the good values inside ``[lo, hi]`` (a finite window: non-finite values
+    are outside it).
+
+    Column ``x`` of a row is accumulated in lane ``x % _MW``, the lanes are
+    then added in order: no loop-carried dependency in the inner loop, which
+    LLVM vectorises, and the same summation order on every machine.
+    """
     ny, nx = image.shape
     acc = np.zeros((ny, 3), dtype=np.float64)
+    bb = np.uint8(bad_bits)
+    nfull = nx - nx % _MW
     for y in prange(ny):
-        c = 0.0
-        s = 0.0
-        q = 0.0
-        for x in range(nx):
-            v = np.float64(image[y, x])
-            ok = (v >= lo) & (v <= hi) & (v - v == 0.0)
-            if use_mask:
-                ok = ok & ((mask[y, x] & bad_bits) == 0)
-            d = v - centre
-            c += 1.0 if ok else 0.0
-            s += d if ok else 0.0
-            q += d * d if ok else 0.0
-        acc[y, 0] = c
-        acc[y, 1] = s
-        acc[y, 2] = q
+        lanes = np.zeros((3, _MW), dtype=np.float64)
+        c = lanes[0]
+        s = lanes[1]
+        q = lanes[2]
+        row = image[y]
+        mrow = mask[y] if use_mask else mask[0]
+        for x0 in range(0, nfull + _MW, _MW):
+            n = _MW if x0 < nfull else nx - nfull
+            v_tile = row[x0 : x0 + n]
+            m_tile = mrow[x0 : x0 + n] if use_mask else mrow[:1]
+            for j in range(n):
+                v = np.float64(v_tile[j])
+                ok = (v >= lo) & (v <= hi)
+                if use_mask:
+                    ok = ok & ((m_tile[j] & bb) == 0)
+                d = v - centre
+                c[j] += 1.0 if ok else 0.0
+                s[j] += d if ok else 0.0
+                q[j] += d * d if ok else 0.0
+        cc = 0.0
+        ss = 0.0
+        qq = 0.0
+        for j in range(_MW):
+            cc += c[j]
+            ss += s[j]
+            qq += q[j]
+        acc[y, 0] = cc
+        acc[y, 1] = ss
+        acc[y, 2] = qq
     return acc
+
+
+#: The widest finite window: ``[-_FMAX, _FMAX]`` holds every finite float
+#: and no infinity or NaN.
+_FMAX = float(np.finfo(np.float64).max)
 
 
 # ---------------------------------------------------------------------------
@@ -999,7 +1029,11 @@ def window_moments(
         Their mean and population variance (``ddof=0``); NaN when ``n`` is 0.
     """
     image = as_rows(values)
-    m = _NO_MASK if mask is None else mask
+    m = _NO_MASK if mask is None else np.asarray(mask).reshape(image.shape)
+    # An infinite bound becomes the largest finite float (NaN bounds stay
+    # NaN: an empty window), so that the kernel needs no finiteness test.
+    lo = -_FMAX if lo < -_FMAX else lo
+    hi = _FMAX if hi > _FMAX else hi
     acc = _masked_moments(image, m, mask is not None, int(bad_bits), lo, hi, centre).sum(axis=0)
     n = int(acc[0])
     if n == 0:
@@ -1050,14 +1084,17 @@ def clipped_stats(
     m = None if mask is None else np.asarray(mask, dtype=np.uint8).reshape(image.shape)
 
     def moments(lo: float, hi: float, centre: float) -> tuple[int, float, float]:
-        return window_moments(image, lo, hi, centre, m, bad_bits)
+        n, mean, var = window_moments(image, lo, hi, centre, m, bad_bits)
+        if n and (mean - centre) ** 2 > max(var, (_BOUND_TOL * mean) ** 2):
+            # farther from the centre than a standard deviation: again,
+            # centred on the mean, so that the variance suffers no cancellation
+            n, mean, var = window_moments(image, lo, hi, mean, m, bad_bits)
+        return n, mean, var
 
     lo, hi = -math.inf, math.inf
-    n, mean, _ = moments(lo, hi, 0.0)
+    n, mean, var = moments(lo, hi, _centre_guess(image, m, bad_bits))
     if n == 0:
         return math.nan, math.nan, 0
-    # centred on the mean, so that the variance suffers no cancellation
-    n, mean, var = moments(lo, hi, mean)
     for _ in range(niter):
         std = math.sqrt(var)
         tol = _BOUND_TOL * abs(mean)
@@ -1070,8 +1107,20 @@ def clipped_stats(
             break
     if n == 0:
         return math.nan, math.nan, 0
-    n, mean, var = moments(lo, hi, mean)  # re-centred on the final mean
     return float(mean), float(math.sqrt(var)), n
+
+
+def _centre_guess(image: np.ndarray, mask: np.ndarray | None, bad_bits: int) -> float:
+    """A value close to the mean of the good pixels, to centre the first
+    moments on: the median of those on a regular grid of about 64 × 64
+    pixels (0 when the grid catches none)."""
+    ny, nx = image.shape
+    grid = (slice(None, None, max(1, ny // 64)), slice(None, None, max(1, nx // 64)))
+    sample = image[grid]
+    good = np.isfinite(sample)
+    if mask is not None:
+        good &= (mask[grid] & np.uint8(bad_bits & 0xFF)) == 0
+    return float(np.median(sample[good])) if good.any() else 0.0
 
 
 def clipped_mean(

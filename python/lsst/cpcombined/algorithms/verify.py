@@ -419,16 +419,22 @@ def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> 
         n, mean, var = window_moments(rows, lo, hi, centre)
         return n, mean, math.sqrt(var * n / (n - 1)) if n > 1 else math.nan
 
-    n, mean, _ = moments(-math.inf, math.inf, 0.0)
-    n_total = n
-    if n_total < 2:
-        return ClippedStats(float(mean), math.nan, n_total, n_total)
-    n, mean, std = moments(-math.inf, math.inf, mean)  # centred on the mean: no cancellation
     # The quartiles only seed the clipping, which then iterates on all the
     # values: a regular subsample of large arrays is enough (and 10x faster).
     sample = regular_subsample(x, _QUARTILE_SAMPLE)
     sample = sample[np.isfinite(sample)]
-    q25, center, q75 = np.percentile(sample, [25.0, 50.0, 75.0]) if sample.size else (mean, mean, mean)
+    quartiles = np.percentile(sample, [25.0, 50.0, 75.0]) if sample.size else None
+    # All the values, centred close to their mean (the median of the
+    # sample; again on the mean when that is far from it) so that the
+    # variance suffers no cancellation.
+    centre = 0.0 if quartiles is None else float(quartiles[1])
+    n, mean, std = moments(-math.inf, math.inf, centre)
+    n_total = n
+    if n_total < 2:
+        return ClippedStats(float(mean), math.nan, n_total, n_total)
+    if quartiles is None or abs(mean - centre) > std:
+        n, mean, std = moments(-math.inf, math.inf, mean)
+    q25, center, q75 = (mean, mean, mean) if quartiles is None else quartiles
     sigma = _IQR_TO_SIGMA * (q75 - q25)
     if not sigma > 0:
         sigma = std
@@ -804,7 +810,9 @@ def _level_threshold(calib_type: str, thresholds: VerifyThresholds) -> float | N
     return {"bias": thresholds.bias_level, "dark": thresholds.dark_level}.get(calib_type)
 
 
-def calibration_level(image: np.ndarray, mask: np.ndarray, region: tuple[slice, slice], bad_bits: int) -> tuple[float, float]:
+def calibration_level(
+    image: np.ndarray, mask: np.ndarray, region: tuple[slice, slice], bad_bits: int
+) -> tuple[float, float]:
     """Median level and unusable fraction of one amplifier of a calibration.
 
     Parameters

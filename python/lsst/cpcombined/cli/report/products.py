@@ -140,8 +140,10 @@ def product_figure(ctx: ReportContext, calib_type: str, det: int) -> str:
     if mi is None:
         return note(f"{calib_type} of detector {det}: not available.")
     plt = pyplot()
-    image = np.asarray(mi.image.array, dtype=np.float64)
-    variance = np.asarray(mi.variance.array, dtype=np.float64) if mi.variance is not None else None
+    # float32 as stored (block means and histograms need no more): no
+    # full-frame float64 copies
+    image = np.asarray(mi.image.array, dtype=np.float32)
+    variance = np.asarray(mi.variance.array, dtype=np.float32) if mi.variance is not None else None
     mask = from_mask(mi.mask)
     bad = ((mask & bits("BAD", "NO_DATA")) != 0) | ~np.isfinite(image)
     shown = np.where(bad, np.nan, image)
