@@ -19,7 +19,8 @@ per-tile Python loop:
   ``SUBTRACTIVE_DITHER_2`` and a step per row given by the caller;
   ``GZIP_2`` (bytes shuffled, then gzip) or ``GZIP_1`` for any of those
   types losslessly (``ZQUANTIZ = 'NONE'``: afw's ``lossless`` recipe),
-  tiles coded on every core (zlib releases the GIL);
+  tiles coded on every core (zlib, and ISA-L's faster inflate from the
+  ``isal`` package when decoding, release the GIL);
 * `extension_hdu` / `primary_hdu`: any astropy HDU as bytes, to put
   next to them in one file (`write_hdus`);
 * `FitsIndex`: where each HDU of a file starts and what it holds, read
